@@ -1,0 +1,1 @@
+"""Data: fetching from mirrors (fetch), IDX parsing (idx), prepared tensors (prepared)."""

@@ -1,0 +1,54 @@
+"""Device choice and the settings that make results repeatable on it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import UserError
+
+
+def choose_device(requested: str, key: str = "train.device") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return torch.device(next(name for name, ok in available.items() if ok))
+    if not available[requested]:
+        raise UserError(f"params.yaml: {key}: {requested!r} is not available on this machine; "
+                        "use 'auto' or 'cpu'")
+    return torch.device(requested)
+
+
+def make_deterministic(device: torch.device, tf32: bool = False) -> None:
+    """Deterministic kernels everywhere; TF32 only when asked for (it changes results)."""
+    if device.type == "cuda":
+        # cuBLAS needs a fixed workspace to be deterministic; set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work (for honest timings); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,68 @@
+"""Network architectures, built from a plain spec dict (stored in checkpoints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .params import ModelConfig
+
+
+class MLP(nn.Sequential):
+    """Flatten, then Linear+ReLU for each hidden width, then a Linear to the classes."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int):
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+def model_spec(config: ModelConfig, image_shape: tuple[int, int], num_classes: int) -> dict[str, Any]:
+    """Everything needed to rebuild the network: architecture params plus data shape."""
+    return {"arch": config.arch, "hidden": list(config.hidden),
+            "image_shape": list(image_shape), "num_classes": num_classes}
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    h, w = spec["image_shape"]
+    if spec["arch"] == "mlp":
+        return MLP(h * w, spec["hidden"], spec["num_classes"])
+    raise ValueError(f"unknown architecture {spec['arch']!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """A short human name, e.g. 'MLP 784-128-64-10'."""
+    h, w = spec["image_shape"]
+    if spec["arch"] == "mlp":
+        return "MLP " + "-".join(str(n) for n in [h * w, *spec["hidden"], spec["num_classes"]])
+    return spec["arch"].upper()
+
+
+def layer_table(model: nn.Module, image_shape: tuple[int, int]) -> list[tuple[str, str, int]]:
+    """(layer, output shape, parameter count) for each leaf module, traced on one input."""
+    rows: list[tuple[str, str, int]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0:
+            def hook(mod, _inp, out, name=name):
+                rows.append((f"{name}: {mod.__class__.__name__}", str(list(out.shape[1:])),
+                             sum(p.numel() for p in mod.parameters())))
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        model(torch.zeros(1, 1, *image_shape))
+    model.train(was_training)
+    for handle in hooks:
+        handle.remove()
+    return rows

@@ -1,0 +1,50 @@
+"""report: figures and reports/report.md from the data, model, metrics and plots."""
+
+import json
+from pathlib import Path
+
+from mnistpipe import report
+from mnistpipe.atomic import atomic_dir
+from mnistpipe.checkpoint import load_model
+from mnistpipe.data.prepared import SPLITS, load_meta, load_split
+from mnistpipe.errors import exit_on_user_error
+from mnistpipe.evaluate import confusion_matrix
+from mnistpipe.params import load_params
+
+import torch
+
+PREPARED, MODEL, REPORTS = Path("data/prepared"), Path("models/model.pt"), Path("reports")
+
+
+@exit_on_user_error
+def main() -> None:
+    params = load_params()
+    cfg = params.report
+    meta = load_meta(PREPARED)
+    splits = {name: load_split(PREPARED, name) for name in SPLITS}
+    model, ckpt = load_model(MODEL)
+    history = report.read_csv(Path("plots/train.csv"))
+    predictions = report.read_csv(Path("plots/predictions.csv"))
+    actual = torch.tensor([int(r["actual"]) for r in predictions])
+    predicted = torch.tensor([int(r["predicted"]) for r in predictions])
+    cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
+    parameters, layers = report.model_summary(model, ckpt["spec"])
+
+    with atomic_dir(REPORTS) as out:
+        figures = out / "figures"
+        figures.mkdir()
+        report.sample_grid(splits["train"], cfg.sample_grid, params.seed, figures / "samples.png", cfg.dpi)
+        counts = report.class_counts(splits, meta.num_classes, figures / "class_counts.png", cfg.dpi)
+        report.curves(history, figures / "curves.png", cfg.dpi)
+        report.confusion_heatmap(cm, figures / "confusion.png", cfg.dpi)
+        n_wrong = report.wrong_gallery(splits["test"], predictions, cfg.n_wrong, figures / "wrong.png", cfg.dpi)
+        (out / "report.md").write_text(report.markdown({
+            "eval": json.loads(Path("metrics/eval.json").read_text()),
+            "train": json.loads(Path("metrics/train.json").read_text()),
+            "spec": ckpt["spec"], "sizes": meta.sizes, "counts": counts, "n_wrong": n_wrong,
+            "parameters": parameters, "layers": layers, "mean": meta.mean, "std": meta.std,
+        }))
+
+
+if __name__ == "__main__":
+    main()
