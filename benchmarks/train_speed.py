@@ -1,0 +1,201 @@
+"""Training speed, side by side in one run: the tutorial's DataLoader pipeline vs mnistpipe's loop.
+
+Both train the same network (params.yaml's model), with the same batch size, optimizer,
+learning rate and epochs, on the full 60,000 training images, then evaluate on the
+10,000 test images. Each way runs in its own subprocess so peak RSS is its own.
+
+    python benchmarks/train_speed.py                # 3 epochs, device from params (auto)
+    python benchmarks/train_speed.py --epochs 10 --device cuda
+
+Reads the raw files from data/raw/ (run `dvc repro fetch` first) or MNISTPIPE_MIRROR.
+Prints a table and records it in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mnistpipe.data.prepared import normalize, pixel_stats, read_raw
+from mnistpipe.device import choose_device, device_name, make_deterministic, synchronize
+from mnistpipe.evaluate import loss_and_accuracy, predict_logits
+from mnistpipe.models import build_model, model_spec
+from mnistpipe.params import load_params
+from mnistpipe.train import make_optimizer, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def raw_dir() -> Path:
+    mirror = os.environ.get("MNISTPIPE_MIRROR")
+    if (ROOT / "data/raw").is_dir():
+        return ROOT / "data/raw"
+    if mirror and Path(mirror).is_dir():
+        return Path(mirror)
+    sys.exit("no data: run `dvc repro fetch` or set MNISTPIPE_MIRROR to a directory")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker_tutorial(params, device, epochs: int) -> dict:
+    """The tutorial: torchvision MNIST, ToTensor + Normalize per sample, DataLoader(shuffle)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    # torchvision wants <root>/MNIST/raw/<uncompressed files>; its MD5s pin other gzip
+    # wrappers than our mirror's, so give it the decompressed (checksum-verified) files.
+    root = Path(tempfile.mkdtemp())
+    (root / "MNIST/raw").mkdir(parents=True)
+    for spec in params.data.files.values():
+        data = gzip.decompress((raw_dir() / spec.name).read_bytes())
+        (root / "MNIST/raw" / spec.name.removesuffix(".gz")).write_bytes(data)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
+    test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
+    loader = DataLoader(train_set, batch_size=params.train.batch_size, shuffle=True)
+    torch.manual_seed(params.seed)
+    spec = model_spec(params.model, (28, 28), 10)
+    model = build_model(spec).to(device)
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.train.lr)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        running = 0.0
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    correct = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for images, labels in DataLoader(test_set, batch_size=1000):
+            correct += (model(images.to(device)).argmax(1).cpu() == labels).sum().item()
+    eval_s = time.perf_counter() - t0
+    shutil.rmtree(root)
+    return {"epoch_s": times, "test_acc": correct / len(test_set), "eval_s": eval_s}
+
+
+def worker_mnistpipe(params, device, epochs: int) -> dict:
+    """mnistpipe: the split normalized once on the device, seeded permutation batches."""
+    make_deterministic(device, params.train.tf32)
+    train, test = read_raw(raw_dir(), params)
+    mean, std = pixel_stats(train.images)
+    torch.manual_seed(params.seed)
+    model = build_model(model_spec(params.model, (28, 28), 10)).to(device)
+    optimizer = make_optimizer(model, params.train)
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    synchronize(device)
+    t_start = time.perf_counter()
+    x, y = normalize(train.images, mean, std, device), train.labels.to(device)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        train_epoch(model, optimizer, x, y, params.train.batch_size, generator)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    total = time.perf_counter() - t_start
+    x_test, y_test = normalize(test.images, mean, std, device), test.labels.to(device)
+    predict_logits(model, x_test, 10000)  # warm-up, so the timing below is steady state
+    synchronize(device)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, x_test, 10000)
+    synchronize(device)
+    eval_s = time.perf_counter() - t0
+    return {"epoch_s": times, "test_acc": loss_and_accuracy(logits, y_test)[1], "eval_s": eval_s,
+            "train_total_s": total}
+
+
+def run_worker(way: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", way, "--epochs", str(args.epochs), "--device", args.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summary(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} ({min(times):.3f}–{max(times):.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--device", default=None, help="auto|cpu|cuda|mps (default: params.yaml train.device)")
+    ap.add_argument("--worker", choices=["tutorial", "mnistpipe"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    args.device = args.device or params.train.device
+    device = choose_device(args.device)
+    if args.worker:
+        fn = worker_tutorial if args.worker == "tutorial" else worker_mnistpipe
+        result = fn(params, device, args.epochs)
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    res = {way: run_worker(way, args) for way in ("tutorial", "mnistpipe")}
+    tut, mp = res["tutorial"], res["mnistpipe"]
+    ratio = statistics.median(tut["epoch_s"]) / statistics.median(mp["epoch_s"])
+    prepared = sum(p.stat().st_size for p in (ROOT / "data/prepared").glob("*")) / 1e6 \
+        if (ROOT / "data/prepared").is_dir() else float("nan")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {device_name(device)}"
+    lines = [
+        f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}",
+        f"model {params.model.hidden} batch {params.train.batch_size} {params.train.optimizer} "
+        f"lr {params.train.lr}, {args.epochs} epochs on 60,000 images",
+        f"{'':10s} {'epoch s: median (min–max)':>28s} {'test acc':>9s} {'eval s':>7s} {'peak RSS MB':>12s}",
+    ]
+    for way in ("tutorial", "mnistpipe"):
+        r = res[way]
+        lines.append(f"{way:10s} {summary(r['epoch_s']):>28s} {r['test_acc']:9.4f} {r['eval_s']:7.3f} "
+                     f"{r['peak_rss_mb']:12.0f}")
+    lines.append(f"speed-up (median epoch): {ratio:.1f}x; mnistpipe {args.epochs} epochs in "
+                 f"{mp['train_total_s']:.2f} s; data/prepared/ {prepared:.1f} MB")
+    print("\n".join(lines))
+    if not args.no_record:
+        record(machine, params, args, res, ratio, prepared)
+
+
+def record(machine: str, params, args, res: dict, ratio: float, prepared: float) -> None:
+    header = ("| date | machine | torch | epochs | tutorial s/epoch | mnistpipe s/epoch | speed-up | "
+              "mnistpipe total s | test acc (tut / mp) | eval s (mp) | peak RSS MB (tut / mp) | prepared MB |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    tut, mp = res["tutorial"], res["mnistpipe"]
+    row = (f"| {datetime.date.today()} | {machine} | {torch.__version__} | {args.epochs} | "
+           f"{summary(tut['epoch_s'])} | {summary(mp['epoch_s'])} | {ratio:.1f}x | {mp['train_total_s']:.2f} | "
+           f"{tut['test_acc']:.4f} / {mp['test_acc']:.4f} | {mp['eval_s']:.3f} | "
+           f"{tut['peak_rss_mb']:.0f} / {mp['peak_rss_mb']:.0f} | {prepared:.1f} |\n")
+    marker = "<!-- train_speed rows -->\n"
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    if marker not in text:
+        text += f"\n## Training speed (`python benchmarks/train_speed.py`)\n\n{marker}{header}"
+    text = text.replace(marker + header, marker + header + row) if (marker + header) in text else text + row
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

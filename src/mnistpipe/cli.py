@@ -1,0 +1,60 @@
+"""The `mnistpipe` command: predict digits in your own images, export models, show info."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import exit_on_user_error
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .models import count_parameters, describe
+
+    model, ckpt = load_model(args.model)
+    print(f"model: {args.model}")
+    print(f"architecture: {describe(ckpt['spec'])}")
+    print(f"parameters: {count_parameters(model):,}")
+    norm = ckpt["normalization"]
+    print(f"normalization: mean {norm['mean']:.4f}, std {norm['std']:.4f}")
+    print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_files, print_results
+
+    return print_results(predict_files(args.paths, args.model, top=args.top), as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe a trained model")
+    info.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    info.set_defaults(func=cmd_info)
+
+    predict = sub.add_parser("predict", help="read the digit in your own image files")
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image files (.png .jpg .jpeg .bmp .gif .webp) or directories of them")
+    predict.add_argument("--model", default="models/model.pt",
+                         help="checkpoint (default: %(default)s)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
+    predict.add_argument("--top", type=int, default=3, metavar="K",
+                         help="show the K most likely digits (default: %(default)s)")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

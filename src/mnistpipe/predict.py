@@ -1,0 +1,177 @@
+"""Digits from a user's own images: decode safely, preprocess the way MNIST was made, classify.
+
+MNIST's recipe (LeCun et al.): light digits on black, the digit's bounding box scaled
+(anti-aliased, aspect kept) to fit 20x20, then placed in a 28x28 frame so that its centre
+of mass lies at the centre. Photos and scans differ from that in polarity, background,
+contrast, size and position; `preprocess` removes those differences, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from .checkpoint import load_model
+from .data.prepared import normalize
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_IMAGE_PIXELS = 40_000_000  # a larger image is refused as a possible decompression bomb
+WORK_SIZE = 1024     # larger images are first shrunk to this longer side (the digit ends up 20 px)
+MIN_CONTRAST = 32    # ink must stand out from the background by this much (of 255), else "blank"
+INK_THRESHOLD = 0.25  # of the peak ink level (after a light blur): what counts as ink for the box
+FRAME, BOX = 28, 20  # MNIST: a 28x28 frame, the digit scaled to fit 20x20
+
+
+class ImageError(Exception):
+    """A file that cannot be used as a digit image; reported per file, the others go on."""
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode one image file with Pillow's decompression-bomb limit; EXIF orientation applied."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # read here, so tests can lower the constant
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image too large (over {MAX_IMAGE_PIXELS:,} pixels), refused as a "
+                         "possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file Pillow can read (empty, or another format)") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ImageError(f"cannot read: {exc.strerror}") from None
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, ... on bad data
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _grayscale(image: Image.Image) -> Image.Image:
+    """Mode L, transparency flattened onto white, 16-bit scaled to 8-bit."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    elif image.mode.startswith("I"):  # 16-bit PNG
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    return image.convert("L")
+
+
+def _box(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """Any digit picture -> uint8 [28, 28], light digit on black, as MNIST's were made."""
+    gray = _grayscale(image)
+    if max(gray.size) > WORK_SIZE:
+        gray.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
+    x = np.asarray(gray, dtype=np.float32)
+    smooth = np.asarray(gray.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)  # noise, specks
+
+    # Background = the border's median; the ink is whichever side deviates more from it.
+    def border(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if np.median(border(smooth)) - smooth.min() > smooth.max() - np.median(border(smooth)):
+        x, smooth = 255 - x, 255 - smooth  # dark ink on light paper -> light on dark
+    edge = border(x)
+    background = np.median(edge)
+    noise = 1.4826 * np.median(np.abs(edge - background))  # robust std of the paper
+    ink, smooth = x - background, smooth - np.median(border(smooth))
+
+    peak = smooth.max()
+    if peak < MIN_CONTRAST:
+        raise ImageError("no digit found: the image is blank or has too little contrast")
+    rows, cols = _box(smooth > INK_THRESHOLD * peak)
+    ink = ink[rows, cols]
+
+    # Contrast: paper (within 3 noise std) -> 0, the strokes' typical level -> 1.
+    low = 3 * noise
+    strokes = ink[ink > INK_THRESHOLD * peak]
+    high = max(np.percentile(strokes, 90) if strokes.size else peak, low + 1)
+    ink = np.clip((ink - low) / (high - low), 0, 1)
+    ink = ink[_box(ink > 0.05)]
+
+    # Longer side to 20 px, anti-aliased, aspect kept.
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS)).clip(0, 1)
+
+    # Into the 28x28 frame with the centre of mass at (14, 14), as far as the frame allows.
+    total = digit.sum()
+    com = [(digit.sum(axis=1 - a) * np.arange(digit.shape[a])).sum() / total for a in (0, 1)]
+    top, left = (int(np.clip(round(FRAME / 2 - c), 0, FRAME - n)) for c, n in zip(com, digit.shape))
+    frame = np.zeros((FRAME, FRAME), dtype=np.float32)
+    frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return torch.from_numpy((frame * 255).round().astype(np.uint8))
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The given files, plus the image files directly inside given directories (sorted)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += inside or [path]  # an empty directory is reported as a failed entry
+        else:
+            files.append(path)
+    return files
+
+
+def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dict[str, Any]]:
+    """One result per file: {path, digit, probability, top: [{digit, probability}]} or {path, error}."""
+    if top < 1:
+        raise UserError(f"--top must be at least 1 (got {top})")
+    model, ckpt = load_model(model_path)
+    if list(ckpt["spec"]["image_shape"]) != [FRAME, FRAME]:
+        raise UserError(f"{model_path}: the model takes {ckpt['spec']['image_shape']} images; "
+                        f"predict makes MNIST-style {FRAME}x{FRAME} ones")
+    results, images = [], []
+    for path in image_files(paths):
+        try:
+            if path.is_dir():
+                raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+            images.append(preprocess(load_image(path)))
+            results.append({"path": str(path)})
+        except ImageError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+    if images:
+        norm = ckpt["normalization"]
+        with torch.inference_mode():
+            probs = model(normalize(torch.stack(images), norm["mean"], norm["std"])).softmax(1)
+        values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
+        good = (r for r in results if "error" not in r)
+        for result, v, d in zip(good, values.tolist(), digits.tolist()):
+            result.update(digit=d[0], probability=round(v[0], 6),
+                          top=[{"digit": di, "probability": round(vi, 6)} for di, vi in zip(d, v)])
+    return results
+
+
+def print_results(results: list[dict[str, Any]], as_json: bool = False) -> int:
+    """Text lines (errors to stderr) or one JSON document; returns the exit code (1 if any failed)."""
+    failed = sum("error" in r for r in results)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+            else:
+                ranked = ", ".join(f"{t['digit']} {t['probability']:.3f}" for t in r["top"])
+                print(f"{r['path']}: digit {r['digit']} (p={r['probability']:.3f})  "
+                      f"top{len(r['top'])}: {ranked}")
+        if failed:
+            print(f"{failed} of {len(results)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny synthetic IDX dataset (made here, never downloaded) and params for it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mnistpipe.data.idx import write_idx_gz
+from mnistpipe.params import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def synthetic_digits(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose class is a bright bar at a class-specific place, plus noise
+    and 5% wrong labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        row = 3 + 2 * int(c)
+        images[i, row:row + 3, 4:24] = 255
+    noisy = rng.random(n) < 0.05  # some mislabelled digits, so the error gallery has content
+    labels[noisy] = rng.integers(0, num_classes, int(noisy.sum()))
+    return images, labels
+
+
+def write_synthetic_mirror(directory: Path, n_train: int = 600, n_test: int = 200) -> dict[str, str]:
+    """Write the four .gz IDX files into `directory`; return {key: sha256 of decompressed}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = synthetic_digits(n_train, seed=1)
+    test_x, test_y = synthetic_digits(n_test, seed=2)
+    arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
+    return {key: hashlib.sha256(write_idx_gz(directory / FILES[key], arrays[key])).hexdigest()
+            for key in FILES}
+
+
+def repo_params_raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params_raw(checksums: dict[str, str]) -> dict:
+    """The repository's params.yaml shrunk for fast runs on the synthetic dataset."""
+    raw = copy.deepcopy(repo_params_raw())
+    for key, sha in checksums.items():
+        raw["data"][key] = {"name": FILES[key], "sha256": sha}
+    raw["data"]["mirrors"] = ["http://127.0.0.1:9/"]  # never used: tests set MNISTPIPE_MIRROR
+    raw["data"]["retries"] = 0
+    raw["data"]["timeout_s"] = 5
+    raw["prepare"]["val_size"] = 100
+    raw["train"].update(epochs=3, batch_size=32, device="cpu")
+    raw["evaluate"]["device"] = "cpu"
+    raw["report"]["n_wrong"] = 4
+    raw["report"]["dpi"] = 40
+    return raw
+
+
+@pytest.fixture
+def synthetic_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A directory mirror holding the synthetic dataset, and its checksums."""
+    mirror = tmp_path / "mirror"
+    return mirror, write_synthetic_mirror(mirror)
+
+
+@pytest.fixture
+def tiny_params(synthetic_mirror):
+    return parse_params(tiny_params_raw(synthetic_mirror[1]))

@@ -1,0 +1,257 @@
+"""Model files (mnistpipe.checkpoint) and model sizes (mnistpipe.models).
+
+A model file is data, never code: foreign, damaged or malicious files are UserErrors, and a
+crafted pickle must not run anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistpipe.checkpoint import MODEL_FORMAT, load_file, load_model, save_model
+from mnistpipe.errors import UserError
+from mnistpipe.models import MLP, build_model, count_parameters, describe, model_spec
+from mnistpipe.params import ModelConfig
+
+
+def spec(hidden: list[int], image_shape=(28, 28), num_classes: int = 10) -> dict:
+    return {"arch": "mlp", "hidden": list(hidden), "image_shape": list(image_shape),
+            "num_classes": num_classes}
+
+
+def make_model(hidden: list[int], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(spec(hidden))
+
+
+def saved(tmp_path: Path, hidden=(128, 64), seed: int = 0) -> tuple[Path, torch.nn.Module]:
+    model = make_model(list(hidden), seed)
+    path = tmp_path / "models" / "model.pt"
+    save_model(path, model, spec(list(hidden)), mean=0.1307, std=0.3081)
+    return path, model
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(UserError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message, message
+    return message
+
+
+# --- parameter counts --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hidden, expected", [
+    ([128, 64], 109_386),  # the tutorial's 784-128-64-10 network
+    ([128], 101_770),  # 784-128-10 (the number the tutorial quotes)
+    ([], 7_850),  # logistic regression: 784*10 + 10
+])
+def test_parameter_count(hidden, expected):
+    model = build_model(spec(hidden))
+    assert count_parameters(model) == expected
+
+
+def test_parameter_count_from_params_config():
+    s = model_spec(ModelConfig(arch="mlp", hidden=[128, 64]), (28, 28), 10)
+    assert s == spec([128, 64])
+    assert count_parameters(build_model(s)) == 109_386
+    assert describe(s) == "MLP 784-128-64-10"
+
+
+def test_logistic_regression_is_one_linear_layer():
+    model = build_model(spec([]))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and (linears[0].in_features, linears[0].out_features) == (784, 10)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert describe(spec([])) == "MLP 784-10"
+
+
+def test_forward_shape_and_architecture():
+    model = build_model(spec([128, 64], image_shape=(20, 24), num_classes=7))
+    assert isinstance(model, MLP)
+    assert model(torch.zeros(5, 1, 20, 24)).shape == (5, 7)
+    widths = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [(480, 128), (128, 64), (64, 7)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 2
+
+
+def test_unknown_arch_in_build_model():
+    with pytest.raises(ValueError, match="unknown architecture 'cnn3d'"):
+        build_model({**spec([8]), "arch": "cnn3d"})
+
+
+# --- save / load round trip -------------------------------------------------------------------
+
+def test_round_trip_identical_logits(tmp_path):
+    path, model = saved(tmp_path, hidden=(128, 64), seed=3)
+    loaded, ckpt = load_model(path)
+    x = torch.rand(16, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not loaded.training
+    assert ckpt["format"] == MODEL_FORMAT
+    assert ckpt["spec"] == spec([128, 64])
+    assert ckpt["normalization"] == {"mean": pytest.approx(0.1307), "std": pytest.approx(0.3081)}
+    assert count_parameters(loaded) == 109_386
+
+
+def test_round_trip_differs_from_other_weights(tmp_path):
+    """Control for the test above: another seed's weights give other logits."""
+    path, _ = saved(tmp_path, seed=3)
+    loaded, _ = load_model(path)
+    other = make_model([128, 64], seed=4).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert not torch.equal(other(x), loaded(x))
+
+
+def test_round_trip_logistic_regression(tmp_path):
+    path, model = saved(tmp_path, hidden=())
+    loaded, _ = load_model(path)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_save_is_atomic_and_overwrites(tmp_path):
+    path, _ = saved(tmp_path, seed=1)
+    first = path.read_bytes()
+    saved(tmp_path, seed=2)
+    assert path.read_bytes() != first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temp leftovers
+
+
+def test_saved_tensors_are_detached_cpu(tmp_path):
+    path, _ = saved(tmp_path)
+    data = torch.load(path, weights_only=True)
+    assert all(t.device.type == "cpu" and not t.requires_grad for t in data["state_dict"].values())
+
+
+# --- damaged and foreign files ----------------------------------------------------------------
+
+def test_missing_file(tmp_path):
+    message = load_error(tmp_path / "model.pt")
+    assert "not found" in message
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 100])
+def test_truncated_model(tmp_path, keep):
+    path, _ = saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if keep < 1 else data[:keep])
+    message = load_error(path)
+    assert "not a loadable model checkpoint" in message
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")
+    assert "not a loadable" in load_error(path)
+
+
+@pytest.mark.parametrize("content", [b"this is not a model\n", b"\x89PNG\r\n\x1a\n" + bytes(200),
+                                     b"PK\x03\x04" + bytes(64)])
+def test_not_a_torch_file(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    assert "not a loadable model checkpoint" in load_error(path)
+
+
+def test_other_architecture(tmp_path):
+    """Weights of a [32] network under a spec claiming [128, 64]."""
+    small = make_model([32])
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": spec([128, 64]),
+                "normalization": {"mean": 0.1, "std": 0.3},
+                "state_dict": small.state_dict()}, path)
+    message = load_error(path)
+    assert "architecture" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_state_dict_with_missing_layer(tmp_path):
+    state = make_model([128, 64]).state_dict()
+    del state["5.bias"]
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": spec([128, 64]), "normalization": {},
+                "state_dict": state}, path)
+    assert "architecture" in load_error(path)
+
+
+@pytest.mark.parametrize("bad_spec", [
+    {"arch": "mlp"},  # keys missing
+    {**spec([8]), "arch": "transformer"},  # unknown architecture
+    {**spec([8]), "hidden": [-3]},  # impossible width
+    "mlp",  # not a mapping
+])
+def test_bad_spec(tmp_path, bad_spec):
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": bad_spec, "normalization": {},
+                "state_dict": make_model([8]).state_dict()}, path)
+    assert "architecture" in load_error(path)
+
+
+def test_foreign_torch_dict(tmp_path):
+    """A plain state_dict (what most PyTorch code saves) is not a mnistpipe model."""
+    path = tmp_path / "model.pt"
+    torch.save(make_model([128, 64]).state_dict(), path)
+    message = load_error(path)
+    assert "not a mnistpipe model" in message and MODEL_FORMAT in message
+
+
+def test_other_format_version(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"format": "mnistpipe-model/999", "spec": spec([8]), "state_dict": {}}, path)
+    message = load_error(path)
+    assert "mnistpipe-model/999" in message
+
+
+def test_torch_file_not_a_dict(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(torch.zeros(3), path)
+    assert "not a mnistpipe model checkpoint" in load_error(path)
+
+
+def test_load_file_names_what(tmp_path):
+    path = tmp_path / "resume.pt"
+    path.write_text("garbage")
+    with pytest.raises(UserError, match="resume checkpoint"):
+        load_file(path, "resume checkpoint")
+
+
+# --- a crafted pickle must not run ------------------------------------------------------------
+
+class Payload:
+    """Unpickling this writes `marker`: what an attacker's model.pt would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_payload_really_runs_without_weights_only(tmp_path):
+    """Control: the payload is live, so the next test's 'no marker' means something."""
+    marker = tmp_path / "control-marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": Payload(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_malicious_pickle_is_refused(tmp_path, where):
+    marker = tmp_path / "marker"
+    path = tmp_path / "model.pt"
+    payload = Payload(marker)
+    obj = payload if where == "top" else {
+        "format": MODEL_FORMAT, "spec": payload, "normalization": {"mean": 0.1, "std": 0.3},
+        "state_dict": make_model([8]).state_dict()}
+    torch.save(obj, path)
+    message = load_error(path)
+    assert "not a loadable model checkpoint" in message
+    assert not marker.exists()

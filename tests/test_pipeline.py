@@ -1,0 +1,152 @@
+"""The whole pipeline under DVC, in a temporary git repository, on the tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+
+pytestmark = pytest.mark.slow
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+STAGES = ["fetch", "prepare", "train", "evaluate", "report"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(repo: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], repo, env, check)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w@.-]+)'", output)
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw[section][key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A git+DVC copy of this project on synthetic data, after one full `dvc repro`."""
+    base = tmp_path_factory.mktemp("pipeline")
+    mirror = base / "mirror"
+    checksums = write_synthetic_mirror(mirror)
+    repo = base / "repo"
+    repo.mkdir()
+    for name in ["stages", "src", "dvc.yaml", ".dvcignore", ".gitignore"]:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(checksums), sort_keys=False))
+    env = {**os.environ, **GIT_ENV, "MNISTPIPE_MIRROR": str(mirror),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DVC_NO_ANALYTICS", None)
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    dvc(repo, env, "init", "-q")
+    dvc(repo, env, "config", "core.analytics", "false")
+    dvc(repo, env, "config", "core.check_update", "false")
+    first = dvc(repo, env, "repro")
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "pipeline"], repo, env)
+    return repo, env, first
+
+
+def copy_of(pipeline, tmp_path: Path) -> tuple[Path, dict]:
+    repo, env, _ = pipeline
+    clone = tmp_path / "repo"
+    shutil.copytree(repo, clone, symlinks=True)
+    return clone, env
+
+
+def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
+    repo, _, first = pipeline
+    assert ran_stages(first.stdout) == STAGES
+    expected = [
+        "data/raw/train-images-idx3-ubyte.gz", "data/raw/t10k-labels-idx1-ubyte.gz",
+        "data/prepared/train.pt", "data/prepared/val.pt", "data/prepared/test.pt",
+        "data/prepared/meta.json", "models/model.pt", "metrics/train.json", "metrics/eval.json",
+        "plots/train.csv", "plots/predictions.csv", "logs/train.json", "logs/evaluate.json",
+        "reports/report.md", "reports/figures/samples.png", "reports/figures/class_counts.png",
+        "reports/figures/curves.png", "reports/figures/confusion.png", "reports/figures/wrong.png",
+    ]
+    missing = [p for p in expected if not (repo / p).is_file()]
+    assert not missing
+    assert not (repo / "models/resume.pt").exists(), "a finished run leaves no resume checkpoint"
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
+    history = (repo / "plots/train.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,train_acc,val_loss,val_acc" and len(history) == 4
+    report = (repo / "reports/report.md").read_text()
+    assert "figures/confusion.png" in report and "trainable parameters" in report
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(pipeline):
+    repo, env, _ = pipeline
+    again = dvc(repo, env, "repro")
+    assert ran_stages(again.stdout) == []
+    status = dvc(repo, env, "status")
+    assert "up to date" in status.stdout
+    assert run(["git", "status", "--porcelain"], repo, env).stdout == ""
+
+
+def test_changing_lr_reruns_train_evaluate_report_only(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    set_param(repo, "train", "lr", 0.003)
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["train", "evaluate", "report"]
+
+
+def test_changing_a_report_param_reruns_report_only(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    set_param(repo, "report", "dpi", 50)
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["report"]
+
+
+def test_changing_a_mirror_reruns_nothing(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    set_param(repo, "data", "mirrors", ["https://example.invalid/mnist/"])
+    assert ran_stages(dvc(repo, env, "repro").stdout) == []
+
+
+def test_bad_param_stops_before_any_work(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    set_param(repo, "train", "lr", -1)
+    result = dvc(repo, env, "repro", check=False)
+    assert result.returncode != 0
+    assert "train.lr" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_metrics_diff_between_branches(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    run(["git", "checkout", "-q", "-b", "faster-lr"], repo, env)
+    set_param(repo, "train", "lr", 0.01)
+    dvc(repo, env, "repro")
+    run(["git", "commit", "-qam", "lr 0.01"], repo, env)
+    diff = dvc(repo, env, "metrics", "diff", "main", "--json")
+    changes = json.loads(diff.stdout)
+    loss = changes["metrics/eval.json"]["loss"]
+    assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
+    params = json.loads(dvc(repo, env, "params", "diff", "main", "--json").stdout)
+    lr = params["params.yaml"]["train.lr"]
+    assert (lr["old"], lr["new"]) == (0.001, 0.01)
