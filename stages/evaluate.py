@@ -1,5 +1,7 @@
-"""evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction."""
+"""evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction;
+plus the test accuracy of each extra-seed model as mean ± std."""
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -11,30 +13,47 @@ from mnistpipe.checkpoint import load_model
 from mnistpipe.data.prepared import load_split, normalize
 from mnistpipe.device import choose_device, device_name, synchronize
 from mnistpipe.errors import exit_on_user_error
-from mnistpipe.evaluate import classification_metrics, predict_logits
+from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits
 from mnistpipe.params import load_params
 
-PREPARED, MODEL = Path("data/prepared"), Path("models/model.pt")
+PREPARED, MODEL, SEED_MODELS = Path("data/prepared"), Path("models/model.pt"), Path("models/seeds")
+
+
+def test_logits(path: Path, test, device, batch_size: int) -> torch.Tensor:
+    model, ckpt = load_model(path)
+    norm = ckpt["normalization"]
+    x = normalize(test.images, norm["mean"], norm["std"], device)
+    return predict_logits(model.to(device), x, batch_size)
+
+
+def seeds_summary(test, device, batch_size: int) -> dict:
+    """Test accuracy per extra-seed model (models/seeds/seed<N>.pt) and its mean ± std."""
+    paths = sorted(SEED_MODELS.glob("seed*.pt"), key=lambda p: int(p.stem[4:])) if SEED_MODELS.is_dir() else []
+    acc = {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size),
+                                               test.labels.to(device))[1], 6) for p in paths}
+    if not acc:
+        return {"n": 0}
+    values = list(acc.values())
+    return {"n": len(values), "test_acc_mean": round(statistics.mean(values), 6),
+            "test_acc_std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0,
+            "test_acc_min": min(values), "test_acc_max": max(values), "test_acc": acc}
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_params()
     device = choose_device(params.evaluate.device, "evaluate.device")
-    model, ckpt = load_model(MODEL)
-    model.to(device)
     test = load_split(PREPARED, "test")
 
     t0 = time.perf_counter()
-    x = normalize(test.images, ckpt["normalization"]["mean"], ckpt["normalization"]["std"], device)
-    logits = predict_logits(model, x, params.evaluate.batch_size)
+    logits = test_logits(MODEL, test, device, params.evaluate.batch_size)
     synchronize(device)
     seconds = time.perf_counter() - t0
 
     metrics = classification_metrics(logits, test.labels)
-    probs = logits.float().softmax(1).cpu()
-    confidence, predicted = probs.max(1)
+    confidence, predicted = logits.float().softmax(1).cpu().max(1)
     write_json("metrics/eval.json", metrics)
+    write_json("metrics/seeds.json", seeds_summary(test, device, params.evaluate.batch_size))
     write_csv("plots/predictions.csv", [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))

@@ -41,6 +41,7 @@ def main() -> None:
         (out / "report.md").write_text(report.markdown({
             "eval": json.loads(Path("metrics/eval.json").read_text()),
             "train": json.loads(Path("metrics/train.json").read_text()),
+            "seeds": json.loads(Path("metrics/seeds.json").read_text()),
             "spec": ckpt["spec"], "sizes": meta.sizes, "counts": counts, "n_wrong": n_wrong,
             "parameters": parameters, "layers": layers, "mean": meta.mean, "std": meta.std,
         }))

@@ -1,6 +1,11 @@
-"""train: fit the model on the prepared training split; resume if a matching checkpoint exists."""
+"""train: fit the model on the prepared training split (and once more per extra seed).
 
+A killed run resumes from its checkpoint when `dvc repro` runs again.
+"""
+
+import dataclasses
 import platform
+import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +22,7 @@ from mnistpipe.params import load_params
 from mnistpipe.train import fingerprint, run_training
 
 PREPARED = Path("data/prepared")
-MODEL, RESUME = Path("models/model.pt"), Path("models/resume.pt")
+MODEL, SEED_MODELS = Path("models/model.pt"), Path("models/seeds")
 
 
 @exit_on_user_error
@@ -28,10 +33,22 @@ def main() -> None:
     meta = load_meta(PREPARED)
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
     spec = model_spec(params.model, meta.image_shape, meta.num_classes)
-    run_id = fingerprint(params, spec, [PREPARED / f for f in ("train.pt", "val.pt", "meta.json")], device)
+    data_files = [PREPARED / f for f in ("train.pt", "val.pt", "meta.json")]
 
-    result = run_training(params, spec, meta, train, val, device, RESUME, run_id)
+    def train_with_seed(seed: int, resume: Path):
+        run_params = dataclasses.replace(params, seed=seed)
+        run_id = fingerprint(run_params, spec, data_files, device)
+        result = run_training(run_params, spec, meta, train, val, device, resume, run_id)
+        resume.unlink(missing_ok=True)  # finished: a later run must start fresh
+        return result
 
+    SEED_MODELS.mkdir(parents=True, exist_ok=True)  # an empty folder when there are no extra seeds
+    for seed in params.multiseed.seeds:
+        print(f"extra seed {seed}:")
+        extra = train_with_seed(seed, Path(f"models/resume-seed{seed}.pt"))
+        save_model(SEED_MODELS / f"seed{seed}.pt", extra.model, spec, meta.mean, meta.std)
+
+    result = train_with_seed(params.seed, Path("models/resume.pt"))
     last = result.history[-1]
     save_model(MODEL, result.model, spec, meta.mean, meta.std)
     write_json("metrics/train.json", {
@@ -46,8 +63,8 @@ def main() -> None:
         "python": platform.python_version(), "resumed_after_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": [round(s, 3) for s in result.seconds_per_epoch],
         "seconds_total": round(time.perf_counter() - t0, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
-    RESUME.unlink(missing_ok=True)  # finished: the next run must start fresh
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -49,7 +50,7 @@ class DataConfig:
     def validate(self, key: str) -> None:
         _check(self.mirrors, f"{key}.mirrors", "must list at least one mirror")
         _check(2 <= self.num_classes <= 256, f"{key}.num_classes", "must be in 2..256")
-        _check(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+        _check(0 < self.timeout_s <= 3600, f"{key}.timeout_s", "must be in (0, 3600]")
         _check(0 <= self.retries <= 10, f"{key}.retries", "must be in 0..10")
 
     @property
@@ -122,6 +123,16 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class MultiSeedConfig:
+    seeds: list[int]  # extra training seeds; [] skips the multi-seed summary
+
+    def validate(self, key: str) -> None:
+        _check(len(set(self.seeds)) == len(self.seeds), f"{key}.seeds", "must not repeat a seed")
+        for i, s in enumerate(self.seeds):
+            _check(0 <= s < 2**63, f"{key}.seeds[{i}]", "must be in 0..2**63-1")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataConfig
@@ -130,6 +141,7 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     report: ReportConfig
+    multiseed: MultiSeedConfig
 
     def validate(self, key: str) -> None:
         _check(0 <= self.seed < 2**63, "seed", "must be in 0..2**63-1")
@@ -216,8 +228,14 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         _check(ok, key, f"expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         _check(ok, key, f"expected a number, got {value!r}")
+        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         _check(isinstance(value, str) and value, key, f"expected a non-empty string, got {value!r}")

@@ -118,10 +118,11 @@ def markdown(ctx: dict[str, Any]) -> str:
         f"| final validation accuracy | {tr['val_acc']:.4f} |",
         f"| final training accuracy | {tr['train_acc']:.4f} |", "",
     ]
-    if ctx.get("seeds"):
-        s = ctx["seeds"]
-        lines += [f"Over {s['n']} seeds ({', '.join(map(str, s['seeds']))}): test accuracy "
-                  f"**{s['mean']:.4f} ± {s['std']:.4f}** (mean ± sample std).", ""]
+    seeds = ctx.get("seeds") or {}
+    if seeds.get("n"):
+        per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in seeds["test_acc"].items())
+        lines += [f"Over {seeds['n']} training seeds, test accuracy is **{seeds['test_acc_mean']:.4f} "
+                  f"± {seeds['test_acc_std']:.4f}** (mean ± sample std; {per_seed}).", ""]
     lines += ["## Training curves", "", "![training curves](figures/curves.png)", "",
               "## Confusion matrix", "", "![confusion matrix](figures/confusion.png)", "",
               "| class | precision | recall | F1 |", "|---|---|---|---|"]

@@ -132,9 +132,11 @@ def fetch_dataset(config: DataConfig, dest_dir: Path, progress: bool = True) -> 
     mirrors = mirror_list(config)
     for spec in config.files.values():
         dest = dest_dir / spec.name
-        if dest.exists() and _verifies(dest, spec):
-            print(f"{spec.name}: present and verified", file=sys.stderr)
-            continue
+        if dest.exists():
+            if _verifies(dest, spec):
+                print(f"{spec.name}: present and verified", file=sys.stderr)
+                continue
+            dest.unlink()  # never leave an unverified file where a later stage would read it
         used = fetch_file(spec, mirrors, dest_dir, config.timeout_s, config.retries, progress)
         print(f"{spec.name}: verified, from {used}", file=sys.stderr)
         mirrors = [used] + [m for m in mirrors if m != used]  # the mirror that worked goes first
