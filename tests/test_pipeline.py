@@ -3,80 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 
 pytestmark = pytest.mark.slow
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
 STAGES = ["fetch", "prepare", "train", "evaluate", "report"]
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(repo: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], repo, env, check)
-
-
-def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w@.-]+)'", output)
-
-
-def set_param(repo: Path, section: str, key: str, value) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    raw[section][key] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A git+DVC copy of this project on synthetic data, after one full `dvc repro`."""
-    base = tmp_path_factory.mktemp("pipeline")
-    mirror = base / "mirror"
-    checksums = write_synthetic_mirror(mirror)
-    repo = base / "repo"
-    repo.mkdir()
-    for name in ["stages", "src", "dvc.yaml", ".dvcignore", ".gitignore"]:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(checksums), sort_keys=False))
-    env = {**os.environ, **GIT_ENV, "MNISTPIPE_MIRROR": str(mirror),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("DVC_NO_ANALYTICS", None)
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    dvc(repo, env, "init", "-q")
-    dvc(repo, env, "config", "core.analytics", "false")
-    dvc(repo, env, "config", "core.check_update", "false")
+    repo, env = make_repo(tmp_path_factory.mktemp("pipeline"))
     first = dvc(repo, env, "repro")
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-q", "-m", "pipeline"], repo, env)
+    commit_all(repo, env, "pipeline")
     return repo, env, first
 
 
 def copy_of(pipeline, tmp_path: Path) -> tuple[Path, dict]:
     repo, env, _ = pipeline
-    clone = tmp_path / "repo"
-    shutil.copytree(repo, clone, symlinks=True)
-    return clone, env
+    return copy_repo(repo, tmp_path / "repo"), env
 
 
 def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):

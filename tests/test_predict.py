@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from mnistpipe import predict
 from mnistpipe.checkpoint import save_model
@@ -104,6 +104,29 @@ def test_grey_paper_noise_and_specks_are_ignored():
     digit = preprocess(image)
     assert max(ink_box(digit)) == 20
     assert difference(digit, preprocess(REFERENCE)) < 6
+
+
+@pytest.mark.parametrize("pen", [3, 100], ids=["ballpoint", "marker"])
+def test_stroke_width_ends_mnist_like(pen):
+    """A thin pen is thickened to MNIST's stroke width (about 2-3.6 px); a thick one is kept."""
+    image = Image.new("L", (600, 600), 255)
+    ImageDraw.Draw(image).line([(150, 100), (450, 100), (250, 500)], fill=0, width=pen)  # a "7"
+    width = predict._stroke_width(preprocess(image).numpy() / 255)
+    assert 2 <= width <= 3.6 if pen == 3 else width > 4
+
+
+def test_preprocess_never_crashes_on_odd_images():
+    """Random sizes, modes and contents: a 28x28 digit or an ImageError, nothing else."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = (int(n) for n in rng.integers(1, 120, 2))
+        pixels = [rng.integers(0, 256, (h, w)), np.full((h, w), rng.integers(256)),
+                  np.linspace(0, 255, w)[None].repeat(h, 0)][rng.integers(3)]
+        image = Image.fromarray(pixels.astype(np.uint8)).convert(["L", "RGB", "RGBA", "P", "1"][rng.integers(5)])
+        try:
+            assert preprocess(image).shape == (28, 28)
+        except ImageError:
+            pass
 
 
 def test_preprocess_is_idempotent():
@@ -278,7 +301,7 @@ def test_user_style_photos_of_mnist_digits():
     """The first 500 test digits re-rendered as photos (benchmarks/predict_robustness.py).
 
     Nothing in the preprocessing was tuned on these renderings. Measured with the
-    784-128-64-10 MLP: clean 0.982, user-style 0.976 (seed 0).
+    784-128-64-10 MLP: clean 0.982, user-style 0.970 (seed 0), so the bar is 0.864.
     """
     spec = importlib.util.spec_from_file_location("predict_robustness",
                                                   REPO / "benchmarks" / "predict_robustness.py")

@@ -68,6 +68,10 @@ def _grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def _border(a: np.ndarray) -> np.ndarray:
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
 def _box(mask: np.ndarray) -> tuple[slice, slice]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
@@ -96,15 +100,14 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     x = np.asarray(gray, dtype=np.float32)
     smooth = np.asarray(gray.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)  # noise, specks
 
-    # Background = the border's median; the ink is whichever side deviates more from it.
-    def border(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if np.median(border(smooth)) - smooth.min() > smooth.max() - np.median(border(smooth)):
-        x, smooth = 255 - x, 255 - smooth  # dark ink on light paper -> light on dark
-    edge = border(x)
+    # The paper is the border's median; the ink is whichever side deviates more from it.
+    paper = np.median(_border(smooth))
+    if paper - smooth.min() > smooth.max() - paper:
+        x, smooth, paper = 255 - x, 255 - smooth, 255 - paper  # dark on light -> light on dark
+    edge = _border(x)
     background = np.median(edge)
     noise = 1.4826 * np.median(np.abs(edge - background))  # robust std of the paper
-    ink, smooth = x - background, smooth - np.median(border(smooth))
+    ink, smooth = x - background, smooth - paper
 
     peak = smooth.max()
     if peak < MIN_CONTRAST:
@@ -113,9 +116,9 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     ink = ink[rows, cols]
 
     # Contrast: paper (within 3 noise std) -> 0, the strokes' typical level -> 1.
-    low = 3 * noise
     strokes = ink[ink > INK_THRESHOLD * peak]
-    high = max(np.percentile(strokes, 90) if strokes.size else peak, low + 1)
+    high = np.percentile(strokes, 90) if strokes.size else peak
+    low = min(3 * noise, high / 2)
     ink = np.clip((ink - low) / (high - low), 0, 1)
     ink = ink[_box(ink > 0.05)]
 
@@ -123,7 +126,7 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     # thicken them, at 4x the final size, to MNIST's typical width.
     if _stroke_width(ink) * BOX / max(ink.shape) < 0.75 * STROKE:
         ink = _fit(ink, 4 * BOX)
-        k = 2 * round((4 * STROKE - _stroke_width(ink)) / 4) + 1  # dilation adds k - 1
+        k = 2 * round((4 * STROKE - _stroke_width(ink)) / 2) + 1  # dilation adds k - 1
         ink = np.asarray(Image.fromarray(np.pad(ink, k // 2)).filter(ImageFilter.MaxFilter(k)))
 
     digit = _fit(ink, BOX)  # longer side 20 px, aspect kept
