@@ -50,6 +50,9 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if ckpt.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: not a mnistpipe model (format {ckpt.get('format')!r}, "
                         f"expected {MODEL_FORMAT!r}); train one with `dvc repro train`")
+    norm = ckpt.get("normalization")
+    if not (isinstance(norm, dict) and all(isinstance(norm.get(k), float) for k in ("mean", "std"))):
+        raise UserError(f"{path}: checkpoint lacks its normalization constants; retrain it")
     try:
         model = build_model(ckpt["spec"])
         model.load_state_dict(ckpt["state_dict"])

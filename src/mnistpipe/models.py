@@ -23,16 +23,39 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+class CNN(nn.Sequential):
+    """Blocks of conv3x3-BatchNorm-ReLU-maxpool, then dropout, a dense layer and the classifier."""
+
+    def __init__(self, image_shape: tuple[int, int], channels: list[int], fc: int,
+                 dropout: float, num_classes: int):
+        layers: list[nn.Module] = []
+        c_in, (h, w) = 1, image_shape
+        for c_out in channels:
+            # No conv bias: BatchNorm's shift makes it redundant.
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            c_in, h, w = c_out, h // 2, w // 2
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * h * w, fc), nn.ReLU(),
+                   nn.Dropout(dropout), nn.Linear(fc, num_classes)]
+        super().__init__(*layers)
+
+
 def model_spec(config: ModelConfig, image_shape: tuple[int, int], num_classes: int) -> dict[str, Any]:
-    """Everything needed to rebuild the network: architecture params plus data shape."""
-    return {"arch": config.arch, "hidden": list(config.hidden),
-            "image_shape": list(image_shape), "num_classes": num_classes}
+    """Everything needed to rebuild the network: its architecture's params plus data shape."""
+    spec: dict[str, Any] = {"arch": config.arch, "image_shape": list(image_shape), "num_classes": num_classes}
+    if config.arch == "mlp":
+        spec["hidden"] = list(config.hidden)
+    else:
+        spec.update(channels=list(config.cnn.channels), fc=config.cnn.fc, dropout=config.cnn.dropout)
+    return spec
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     h, w = spec["image_shape"]
     if spec["arch"] == "mlp":
         return MLP(h * w, spec["hidden"], spec["num_classes"])
+    if spec["arch"] == "cnn":
+        return CNN((h, w), spec["channels"], spec["fc"], spec["dropout"], spec["num_classes"])
     raise ValueError(f"unknown architecture {spec['arch']!r}")
 
 
@@ -45,7 +68,7 @@ def describe(spec: dict[str, Any]) -> str:
     h, w = spec["image_shape"]
     if spec["arch"] == "mlp":
         return "MLP " + "-".join(str(n) for n in [h * w, *spec["hidden"], spec["num_classes"]])
-    return spec["arch"].upper()
+    return f"CNN {'-'.join(map(str, spec['channels']))} fc{spec['fc']}"
 
 
 def layer_table(model: nn.Module, image_shape: tuple[int, int]) -> list[tuple[str, str, int]]:

@@ -73,9 +73,24 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class CNNConfig:
+    channels: list[int]  # one conv3x3-BN-ReLU-maxpool block per entry
+    fc: int  # width of the dense layer before the classifier
+    dropout: float
+
+    def validate(self, key: str) -> None:
+        _check(1 <= len(self.channels) <= 4, f"{key}.channels", "must list 1 to 4 widths")
+        for i, width in enumerate(self.channels):
+            _check(width >= 1, f"{key}.channels[{i}]", f"must be >= 1, got {width}")
+        _check(self.fc >= 1, f"{key}.fc", "must be >= 1")
+        _check(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["mlp"]
+    arch: Literal["mlp", "cnn"]
     hidden: list[int]  # MLP hidden widths; [] is logistic regression
+    cnn: CNNConfig
 
     def validate(self, key: str) -> None:
         for i, width in enumerate(self.hidden):
@@ -83,13 +98,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool
+    shift: float  # pixels, at most, each way
+    rotate: float  # degrees, at most, each way
+    scale: float  # relative, at most, each way
+
+    def validate(self, key: str) -> None:
+        _check(0 <= self.shift <= 8, f"{key}.shift", "must be in [0, 8] pixels")
+        _check(0 <= self.rotate <= 45, f"{key}.rotate", "must be in [0, 45] degrees")
+        _check(0 <= self.scale < 0.5, f"{key}.scale", "must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int
     batch_size: int
-    lr: float
+    lr: float  # the peak rate with the onecycle schedule
+    schedule: Literal["constant", "onecycle"]
     optimizer: Literal["adam", "sgd"]
     momentum: float  # SGD only
     weight_decay: float
+    augment: AugmentConfig
     device: Device
     tf32: bool  # TF32 matmuls on CUDA: faster, less comparable across devices
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from .data.prepared import Meta, Split, normalize
 from .device import make_deterministic, synchronize
 from .evaluate import loss_and_accuracy, predict_logits
 from .models import build_model
-from .params import Params, TrainConfig, as_dict
+from .params import AugmentConfig, Params, TrainConfig, as_dict
 
 RESUME_FORMAT = "mnistpipe-resume/1"
 
@@ -58,8 +59,36 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                            weight_decay=config.weight_decay, foreach=True)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, n_train: int):
+    """OneCycle (warm up to train.lr, then anneal), stepped per batch; None for a constant rate."""
+    if config.schedule == "constant":
+        return None
+    steps = config.epochs * math.ceil(n_train / config.batch_size)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+
+
+def make_augment(config: AugmentConfig, background: float, generator: torch.Generator):
+    """A batch transform: a random affine map per image (shift, rotation, scale), on the device."""
+    if not config.enabled:
+        return None
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        n, (h, w) = len(x), x.shape[-2:]
+        u = lambda: torch.rand(n, device=x.device, generator=generator) * 2 - 1  # noqa: E731
+        angle, scale = u() * math.radians(config.rotate), 1 + u() * config.scale
+        tx, ty = u() * (2 * config.shift / w), u() * (2 * config.shift / h)  # grid units: [-1, 1]
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        # Resample around the background value, so uncovered corners stay background.
+        return F.grid_sample(x - background, grid, align_corners=False) + background
+
+    return augment
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+                y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                schedule=None, augment=None) -> tuple[float, float]:
     """One pass over (x, y) in seeded random order; returns mean loss and accuracy."""
     model.train()
     order = torch.randperm(len(y), device=x.device, generator=generator)
@@ -68,11 +97,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
         xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb)
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         with torch.no_grad():  # accumulate on the device: no host sync per step
             loss_sum += loss * len(yb)
             correct += (logits.argmax(1) == yb).sum()
@@ -126,8 +159,12 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     make_deterministic(device, config.tf32)
     torch.manual_seed(params.seed)
     model = build_model(spec).to(device)
+    if spec["arch"] == "cnn":  # convolutions run markedly faster in NHWC on CPU and GPU
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, len(train))
     generator = torch.Generator(device=device).manual_seed(params.seed)
+    augment = make_augment(config.augment, -meta.mean / meta.std, generator)
 
     x_train = normalize(train.images, meta.mean, meta.std, device)
     y_train = train.labels.to(device)
@@ -141,6 +178,8 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(ckpt["schedule"])
             _set_rng_state(ckpt["rng"], generator)
             history = [EpochRecord(**row) for row in ckpt["history"]]
             start_epoch = ckpt["epoch"]
@@ -149,7 +188,8 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     seconds = []
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(model, optimizer, x_train, y_train, config.batch_size, generator)
+        train_loss, train_acc = train_epoch(model, optimizer, x_train, y_train, config.batch_size,
+                                            generator, schedule, augment)
         val_loss, val_acc = loss_and_accuracy(predict_logits(model, x_val, 8192), y_val)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
@@ -161,6 +201,7 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
             save_torch(resume_path, {
                 "format": RESUME_FORMAT, "fingerprint": data_fingerprint, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
                 "rng": _rng_state(generator), "history": [asdict(r) for r in history],
             })
     return TrainResult(model, history, seconds, start_epoch)

@@ -44,7 +44,7 @@ def parse_idx(raw: bytes, source: str, ndim: int) -> np.ndarray:
 def read_gz(path: Path) -> bytes:
     """Decompress a .gz file; a truncated or non-gzip file is a UserError."""
     try:
-        return gzip.decompress(path.read_bytes())
+        return gzip.decompress(Path(path).read_bytes())
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: not a valid gzip file ({exc}); delete it and fetch again") from None
 

@@ -79,7 +79,7 @@ def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
 
 def normalize(images: torch.Tensor, mean: float, std: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [N, H, W] -> float32 [N, 1, H, W], (x/255 - mean)/std, in one vectorized pass."""
-    x = images.to(device, non_blocking=True).unsqueeze(1).to(torch.float32)
+    x = images.to(device).unsqueeze(1).to(torch.float32, copy=True)  # never the caller's tensor
     return x.mul_(1 / 255).sub_(mean).div_(std)
 
 
