@@ -37,6 +37,7 @@ def main() -> None:
         counts = report.class_counts(splits, meta.num_classes, figures / "class_counts.png", cfg.dpi)
         report.curves(history, figures / "curves.png", cfg.dpi)
         report.confusion_heatmap(cm, figures / "confusion.png", cfg.dpi)
+        report.per_class_accuracy(cm, figures / "per_class.png", cfg.dpi)
         n_wrong = report.wrong_gallery(splits["test"], predictions, cfg.n_wrong, figures / "wrong.png", cfg.dpi)
         (out / "report.md").write_text(report.markdown({
             "eval": json.loads(Path("metrics/eval.json").read_text()),

@@ -38,6 +38,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
         "plots/train.csv", "plots/predictions.csv", "logs/train.json", "logs/evaluate.json",
         "reports/report.md", "reports/figures/samples.png", "reports/figures/class_counts.png",
         "reports/figures/curves.png", "reports/figures/confusion.png", "reports/figures/wrong.png",
+        "reports/figures/per_class.png",
     ]
     missing = [p for p in expected if not (repo / p).is_file()]
     assert not missing

@@ -29,6 +29,10 @@ def make_deterministic(device: torch.device, tf32: bool = False) -> None:
     if device.type == "cuda":
         # cuBLAS needs a fixed workspace to be deterministic; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device.type == "cpu":
+        # Adam's second moments of tiny gradients fall into the denormal range late in
+        # training, where x86 arithmetic slows down many times over; flush them to zero.
+        torch.set_flush_denormal(True)
     torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

@@ -83,6 +83,22 @@ def confusion_heatmap(cm: np.ndarray, path: Path, dpi: int) -> None:
     _save(fig, path, dpi)
 
 
+def per_class_accuracy(cm: np.ndarray, path: Path, dpi: int) -> None:
+    """Accuracy (recall) for each true class, against the overall accuracy."""
+    n = len(cm)
+    acc = cm.diagonal() / np.maximum(cm.sum(1), 1)
+    overall = cm.diagonal().sum() / max(cm.sum(), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.bar(range(n), acc, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], fontsize=7, padding=2)
+    ax.axhline(overall, color="tab:red", lw=1, ls="--", label=f"overall {overall:.4f}")
+    low = max(0.0, float(acc.min()) - 0.02)
+    ax.set(xticks=range(n), xlabel="true class", ylabel="accuracy", ylim=(low, 1.0),
+           title="Test accuracy per class")
+    ax.legend(loc="lower right")
+    _save(fig, path, dpi)
+
+
 def wrong_gallery(test: Split, predictions: list[dict[str, str]], n: int, path: Path, dpi: int) -> int:
     """The n most confidently wrong test digits; returns how many were shown."""
     wrong = [r for r in predictions if r["actual"] != r["predicted"]]
@@ -124,7 +140,8 @@ def markdown(ctx: dict[str, Any]) -> str:
         lines += [f"Over {seeds['n']} training seeds, test accuracy is **{seeds['test_acc_mean']:.4f} "
                   f"± {seeds['test_acc_std']:.4f}** (mean ± sample std; {per_seed}).", ""]
     lines += ["## Training curves", "", "![training curves](figures/curves.png)", "",
-              "## Confusion matrix", "", "![confusion matrix](figures/confusion.png)", "",
+              "## Per class", "", "![accuracy per class](figures/per_class.png)", "",
+              "![confusion matrix](figures/confusion.png)", "",
               "| class | precision | recall | F1 |", "|---|---|---|---|"]
     lines += [f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |"
               for c, m in ev["per_class"].items()]

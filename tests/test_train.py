@@ -1,0 +1,138 @@
+"""Training in-process on tiny synthetic data: it learns, it is deterministic, it resumes exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import synthetic_digits, tiny_params_raw
+from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
+from mnistpipe.models import count_parameters, model_spec
+from mnistpipe.params import parse_params
+from mnistpipe.train import fingerprint, make_augment, run_training
+
+CPU = torch.device("cpu")
+QUIET = lambda line: None  # noqa: E731
+
+
+def split(n: int, seed: int) -> Split:
+    images, labels = synthetic_digits(n, seed)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, val = split(400, 1), split(100, 2)
+    mean, std = pixel_stats(train.images)
+    return train, val, Meta(mean, std, 10, (28, 28), {"train": 400, "val": 100})
+
+
+def params(**train):
+    raw = tiny_params_raw({k: "0" * 64 for k in ("train_images", "train_labels", "test_images", "test_labels")})
+    augment = train.pop("augment", None)
+    arch = train.pop("arch", "mlp")
+    raw["train"].update(train)
+    raw["model"]["arch"] = arch
+    raw["model"]["cnn"].update(channels=[4, 8], fc=16)
+    if augment is not None:
+        raw["train"]["augment"]["enabled"] = augment
+    return parse_params(raw)
+
+
+def train(p, data, **kw):
+    tr, val, meta = data
+    kw.setdefault("log", QUIET)
+    return run_training(p, model_spec(p.model, (28, 28), 10), meta, tr, val, CPU, **kw)
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def equal_states(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kw", [{}, {"optimizer": "sgd", "lr": 0.05}, {"arch": "cnn", "schedule": "onecycle",
+                                                                       "augment": True, "lr": 0.01}])
+def test_loss_decreases_and_model_learns(data, kw):
+    result = train(params(epochs=4, **kw), data)
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert result.history[-1].val_acc > 0.6  # chance is 0.1
+
+
+def test_same_params_same_weights_and_history(data):
+    a, b = train(params(epochs=2), data), train(params(epochs=2), data)
+    assert a.history == b.history and equal_states(state(a.model), state(b.model))
+    c = train(dataclasses.replace(params(epochs=2), seed=7), data)
+    assert not equal_states(state(a.model), state(c.model)), "the seed must matter"
+
+
+@pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "schedule": "onecycle", "augment": True, "lr": 0.01}])
+def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
+    p = params(epochs=3, **kw)
+    resume = tmp_path / "resume.pt"
+    full = train(p, data, resume_path=resume, data_fingerprint="run-a")
+    assert resume.exists()  # the checkpoint after epoch 2 (the stage deletes it when done)
+
+    lines = []
+    resumed = train(p, data, resume_path=resume, data_fingerprint="run-a", log=lines.append)
+    assert resumed.resumed_from_epoch == 2 and any("resuming" in line for line in lines)
+    assert resumed.history == full.history
+    assert equal_states(state(resumed.model), state(full.model))
+
+
+def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
+    p = params(epochs=2)
+    resume = tmp_path / "resume.pt"
+    train(p, data, resume_path=resume, data_fingerprint="run-a")
+    lines = []
+    fresh = train(p, data, resume_path=resume, data_fingerprint="run-b", log=lines.append)
+    assert fresh.resumed_from_epoch == 0 and any("starting fresh" in line for line in lines)
+
+
+def test_fingerprint_changes_with_params_data_and_device(data, tmp_path):
+    files = [tmp_path / "a.pt"]
+    files[0].write_bytes(b"data")
+    p = params(epochs=2)
+    spec = model_spec(p.model, (28, 28), 10)
+    base = fingerprint(p, spec, files, CPU)
+    assert fingerprint(p, spec, files, CPU) == base
+    assert fingerprint(params(epochs=3), spec, files, CPU) != base
+    assert fingerprint(dataclasses.replace(p, seed=1), spec, files, CPU) != base
+    assert fingerprint(p, spec, files, torch.device("meta")) != base
+    files[0].write_bytes(b"other data")
+    assert fingerprint(p, spec, files, CPU) != base
+
+
+def test_augment_moves_digits_but_keeps_background(data):
+    _, _, meta = data
+    images = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    images[:, 10:18, 12:16] = 255  # a bar on a clean background
+    x = normalize(images, meta.mean, meta.std)
+    background = -meta.mean / meta.std
+    p = params(augment=True)
+    out = make_augment(p.train.augment, background, torch.Generator().manual_seed(0))(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    corners = out[:, :, 0, 0]  # uncovered corners are filled with background, not zeros
+    assert torch.allclose(corners, torch.full_like(corners, background), atol=1e-5)
+    ink = (out > background + 1).float().sum((1, 2, 3))
+    assert ((ink > 16) & (ink < 60)).all(), "the bar (32 pixels) is moved, not lost or smeared"
+    again = make_augment(p.train.augment, background, torch.Generator().manual_seed(0))(x)
+    assert torch.equal(out, again), "augmentation is seeded"
+    assert make_augment(params(augment=False).train.augment, background, torch.Generator()) is None
+
+
+def test_cnn_parameter_count_and_shapes():
+    p = params(arch="cnn")
+    spec = model_spec(dataclasses.replace(p.model, cnn=dataclasses.replace(p.model.cnn, channels=[32, 64], fc=128)),
+                      (28, 28), 10)
+    from mnistpipe.models import build_model
+
+    model = build_model(spec)
+    # conv 1->32 (288) + BN (64) + conv 32->64 (18432) + BN (128) + fc 3136->128 (401536) + 128->10 (1290)
+    assert count_parameters(model) == 288 + 64 + 18432 + 128 + 401536 + 1290
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
