@@ -13,7 +13,9 @@ import torch
 from mnistpipe.checkpoint import MODEL_FORMAT, load_file, load_model, save_model
 from mnistpipe.errors import UserError
 from mnistpipe.models import MLP, build_model, count_parameters, describe, model_spec
-from mnistpipe.params import ModelConfig
+from mnistpipe.params import parse_params
+
+from conftest import repo_params_raw
 
 
 def spec(hidden: list[int], image_shape=(28, 28), num_classes: int = 10) -> dict:
@@ -54,7 +56,7 @@ def test_parameter_count(hidden, expected):
 
 
 def test_parameter_count_from_params_config():
-    s = model_spec(ModelConfig(arch="mlp", hidden=[128, 64]), (28, 28), 10)
+    s = model_spec(parse_params(repo_params_raw()).model, (28, 28), 10)
     assert s == spec([128, 64])
     assert count_parameters(build_model(s)) == 109_386
     assert describe(s) == "MLP 784-128-64-10"
@@ -176,7 +178,7 @@ def test_state_dict_with_missing_layer(tmp_path):
     state = make_model([128, 64]).state_dict()
     del state["5.bias"]
     path = tmp_path / "model.pt"
-    torch.save({"format": MODEL_FORMAT, "spec": spec([128, 64]), "normalization": {},
+    torch.save({"format": MODEL_FORMAT, "spec": spec([128, 64]), "normalization": {"mean": 0.1, "std": 0.3},
                 "state_dict": state}, path)
     assert "architecture" in load_error(path)
 
@@ -189,9 +191,15 @@ def test_state_dict_with_missing_layer(tmp_path):
 ])
 def test_bad_spec(tmp_path, bad_spec):
     path = tmp_path / "model.pt"
-    torch.save({"format": MODEL_FORMAT, "spec": bad_spec, "normalization": {},
+    torch.save({"format": MODEL_FORMAT, "spec": bad_spec, "normalization": {"mean": 0.1, "std": 0.3},
                 "state_dict": make_model([8]).state_dict()}, path)
     assert "architecture" in load_error(path)
+
+
+def test_checkpoint_without_normalization(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": spec([8]), "state_dict": make_model([8]).state_dict()}, path)
+    assert "normalization" in load_error(path)
 
 
 def test_foreign_torch_dict(tmp_path):

@@ -103,7 +103,7 @@ def test_prepare_mean_and_std_both_set():
     ("train", "weight_decay", -0.1, ["train.weight_decay", ">= 0"]),
     ("evaluate", "device", "tpu", ["evaluate.device", "'tpu'"]),
     ("evaluate", "batch_size", 0, ["evaluate.batch_size"]),
-    ("model", "arch", "cnn", ["model.arch", "'mlp'"]),
+    ("model", "arch", "transformer", ["model.arch", "'mlp'"]),
     ("model", "hidden", 128, ["model.hidden", "expected a list"]),
     ("model", "hidden", [0], ["model.hidden[0]", ">= 1", "got 0"]),
     ("model", "hidden", [128, -5], ["model.hidden[1]", "got -5"]),

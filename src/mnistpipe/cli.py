@@ -30,6 +30,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return print_results(predict_files(args.paths, args.model, top=args.top), as_json=args.json)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(args.model, args.format, args.output)
+    check = ("not verified (install onnxruntime to check it)" if result.max_diff is None
+             else f"verified against PyTorch: max |logit diff| {result.max_diff:.2e}")
+    print(f"wrote {result.path} ({result.format}, {result.size:,} bytes); {check}")
+    print("input: float32 [batch, 1, H, W] normalized as (pixels/255 - mean)/std; "
+          "mean, std and the spec are stored in the file's metadata")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=3, metavar="K",
                          help="show the K most likely digits (default: %(default)s)")
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="export a trained model to ONNX or a torch.export archive")
+    export.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    export.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                        help="onnx (any ONNX runtime) or pt2 (torch.export archive) (default: %(default)s)")
+    export.add_argument("--output", metavar="PATH",
+                        help="where to write (default: the checkpoint's path with .onnx or .pt2)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
