@@ -162,7 +162,7 @@ def main() -> None:
     ratio = statistics.median(tut["epoch_s"]) / statistics.median(mp["epoch_s"])
     prepared = sum(p.stat().st_size for p in (ROOT / "data/prepared").glob("*")) / 1e6 \
         if (ROOT / "data/prepared").is_dir() else float("nan")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {device_name(device)}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores; {device_name(device)}"
     lines = [
         f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}",
         f"model {params.model.hidden} batch {params.train.batch_size} {params.train.optimizer} "

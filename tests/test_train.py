@@ -75,11 +75,11 @@ def test_same_params_same_weights_and_history(data):
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
     p = params(epochs=3, **kw)
     resume = tmp_path / "resume.pt"
-    full = train(p, data, resume_path=resume, data_fingerprint="run-a")
+    full = train(p, data, resume_path=resume, run_id="run-a")
     assert resume.exists()  # the checkpoint after epoch 2 (the stage deletes it when done)
 
     lines = []
-    resumed = train(p, data, resume_path=resume, data_fingerprint="run-a", log=lines.append)
+    resumed = train(p, data, resume_path=resume, run_id="run-a", log=lines.append)
     assert resumed.resumed_from_epoch == 2 and any("resuming" in line for line in lines)
     assert resumed.history == full.history
     assert equal_states(state(resumed.model), state(full.model))
@@ -88,9 +88,9 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
 def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
     p = params(epochs=2)
     resume = tmp_path / "resume.pt"
-    train(p, data, resume_path=resume, data_fingerprint="run-a")
+    train(p, data, resume_path=resume, run_id="run-a")
     lines = []
-    fresh = train(p, data, resume_path=resume, data_fingerprint="run-b", log=lines.append)
+    fresh = train(p, data, resume_path=resume, run_id="run-b", log=lines.append)
     assert fresh.resumed_from_epoch == 0 and any("starting fresh" in line for line in lines)
 
 

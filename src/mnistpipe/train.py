@@ -157,7 +157,7 @@ def try_resume(path: Path, fp: str, log: Callable[[str], None]) -> dict[str, Any
 
 
 def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split, val: Split,
-                 device: torch.device, resume_path: Path | None = None, data_fingerprint: str = "",
+                 device: torch.device, resume_path: Path | None = None, run_id: str = "",
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
     """Train `spec` on `train`, validating on `val` after every epoch."""
     config = params.train
@@ -179,7 +179,7 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     history: list[EpochRecord] = []
     start_epoch = 0
     if resume_path is not None:
-        ckpt = try_resume(resume_path, data_fingerprint, log)
+        ckpt = try_resume(resume_path, run_id, log)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -204,7 +204,7 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds[-1]:.2f}s")
         if resume_path is not None and epoch < config.epochs:
             save_torch(resume_path, {
-                "format": RESUME_FORMAT, "fingerprint": data_fingerprint, "epoch": epoch,
+                "format": RESUME_FORMAT, "fingerprint": run_id, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "rng": _rng_state(generator), "history": [asdict(r) for r in history],
