@@ -52,6 +52,18 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def kill_after_first_checkpoint(repo: Path, env: dict) -> Path:
+    """Run `dvc repro`, SIGKILL it as soon as training has written a resume checkpoint."""
+    proc = start_repro(repo, env)
+    resume = repo / "models/resume.pt"
+    deadline = time.monotonic() + 120
+    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert resume.exists(), "training finished or failed before writing a resume checkpoint"
+    kill(proc)
+    return resume
+
+
 def test_forced_reruns_are_identical(done, tmp_path):
     repo, env = done
     before = {m: (repo / m).read_bytes() for m in METRICS}
@@ -69,13 +81,7 @@ def test_sigkill_during_training_then_repro_resumes_to_identical_result(done, tm
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("epochs: 4", "epochs: 5"))
     reference = copy_repo(clone, tmp_path / "reference")
 
-    proc = start_repro(clone, env)
-    resume = clone / "models/resume.pt"
-    deadline = time.monotonic() + 120
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert resume.exists(), "training finished or failed before writing a resume checkpoint"
-    kill(proc)
+    resume = kill_after_first_checkpoint(clone, env)
     assert not (clone / "models/model.pt").exists()
 
     rerun = dvc(clone, env, "repro")
@@ -94,13 +100,7 @@ def test_checkpoint_from_other_params_is_not_resumed(done, tmp_path):
     repo, env = done
     clone = copy_repo(repo, tmp_path / "repo")
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("epochs: 4", "epochs: 5"))
-    proc = start_repro(clone, env)
-    resume = clone / "models/resume.pt"
-    deadline = time.monotonic() + 120
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert resume.exists()
-    kill(proc)
+    kill_after_first_checkpoint(clone, env)
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("lr: 0.001", "lr: 0.002"))
     rerun = dvc(clone, env, "repro")
     out = rerun.stderr + rerun.stdout
