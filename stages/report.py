@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 from mnistpipe import report
 from mnistpipe.atomic import atomic_dir
 from mnistpipe.checkpoint import load_model
@@ -10,8 +12,6 @@ from mnistpipe.data.prepared import SPLITS, load_meta, load_split
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.evaluate import confusion_matrix
 from mnistpipe.params import load_params
-
-import torch
 
 PREPARED, MODEL, REPORTS = Path("data/prepared"), Path("models/model.pt"), Path("reports")
 
