@@ -19,7 +19,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mnistpipe.data.prepared import normalize, pixel_stats, read_raw
-from mnistpipe.device import choose_device, device_name, make_deterministic, synchronize
+from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize
 from mnistpipe.evaluate import loss_and_accuracy, predict_logits
 from mnistpipe.models import build_model, model_spec
 from mnistpipe.params import load_params
@@ -48,10 +47,6 @@ def raw_dir() -> Path:
     if mirror and Path(mirror).is_dir():
         return Path(mirror)
     sys.exit("no data: run `dvc repro fetch` or set MNISTPIPE_MIRROR to a directory")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def worker_tutorial(params, device, epochs: int) -> dict:

@@ -5,7 +5,6 @@ A killed run resumes from its checkpoint when `dvc repro` runs again.
 
 import dataclasses
 import platform
-import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from mnistpipe.atomic import write_csv, write_json
 from mnistpipe.checkpoint import save_model
 from mnistpipe.data.prepared import load_meta, load_split
-from mnistpipe.device import choose_device, device_name
+from mnistpipe.device import choose_device, device_name, peak_rss_mb
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import load_params
@@ -63,7 +62,7 @@ def main() -> None:
         "python": platform.python_version(), "resumed_after_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": [round(s, 3) for s in result.seconds_per_epoch],
         "seconds_total": round(time.perf_counter() - t0, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     })
 
 
