@@ -11,6 +11,7 @@ from mnistpipe.checkpoint import load_model
 from mnistpipe.data.prepared import SPLITS, load_meta, load_split
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.evaluate import confusion_matrix
+from mnistpipe.models import count_parameters, layer_table
 from mnistpipe.params import load_params
 
 PREPARED, MODEL, REPORTS = Path("data/prepared"), Path("models/model.pt"), Path("reports")
@@ -28,7 +29,7 @@ def main() -> None:
     actual = torch.tensor([int(r["actual"]) for r in predictions])
     predicted = torch.tensor([int(r["predicted"]) for r in predictions])
     cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
-    parameters, layers = report.model_summary(model, ckpt["spec"])
+    parameters, layers = count_parameters(model), layer_table(model, tuple(ckpt["spec"]["image_shape"]))
 
     with atomic_dir(REPORTS) as out:
         figures = out / "figures"

@@ -18,7 +18,7 @@ from mnistpipe.device import choose_device, device_name, peak_rss_mb
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import load_params
-from mnistpipe.train import fingerprint, run_training
+from mnistpipe.train import data_digest, fingerprint, run_training
 
 PREPARED = Path("data/prepared")
 MODEL, SEED_MODELS = Path("models/model.pt"), Path("models/seeds")
@@ -32,11 +32,11 @@ def main() -> None:
     meta = load_meta(PREPARED)
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
     spec = model_spec(params.model, meta.image_shape, meta.num_classes)
-    data_files = [PREPARED / f for f in ("train.pt", "val.pt", "meta.json")]
+    data = data_digest([PREPARED / f for f in ("train.pt", "val.pt", "meta.json")])
 
     def train_with_seed(seed: int, resume: Path):
         run_params = dataclasses.replace(params, seed=seed)
-        run_id = fingerprint(run_params, spec, data_files, device)
+        run_id = fingerprint(run_params, spec, data, device)
         result = run_training(run_params, spec, meta, train, val, device, resume, run_id)
         resume.unlink(missing_ok=True)  # finished: a later run must start fresh
         return result

@@ -11,7 +11,7 @@ from conftest import synthetic_digits, tiny_params_raw
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
-from mnistpipe.train import fingerprint, make_augment, run_training
+from mnistpipe.train import data_digest, fingerprint, make_augment, run_training
 
 CPU = torch.device("cpu")
 QUIET = lambda line: None  # noqa: E731
@@ -97,15 +97,17 @@ def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
 def test_fingerprint_changes_with_params_data_and_device(data, tmp_path):
     files = [tmp_path / "a.pt"]
     files[0].write_bytes(b"data")
+    digest = data_digest(files)
     p = params(epochs=2)
     spec = model_spec(p.model, (28, 28), 10)
-    base = fingerprint(p, spec, files, CPU)
-    assert fingerprint(p, spec, files, CPU) == base
-    assert fingerprint(params(epochs=3), spec, files, CPU) != base
-    assert fingerprint(dataclasses.replace(p, seed=1), spec, files, CPU) != base
-    assert fingerprint(p, spec, files, torch.device("meta")) != base
+    base = fingerprint(p, spec, digest, CPU)
+    assert fingerprint(p, spec, digest, CPU) == base
+    assert fingerprint(params(epochs=3), spec, digest, CPU) != base
+    assert fingerprint(dataclasses.replace(p, seed=1), spec, digest, CPU) != base
+    assert fingerprint(p, spec, digest, torch.device("meta")) != base
     files[0].write_bytes(b"other data")
-    assert fingerprint(p, spec, files, CPU) != base
+    assert data_digest(files) != digest
+    assert fingerprint(p, spec, data_digest(files), CPU) != base
 
 
 def test_augment_moves_digits_but_keeps_background(data):

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.prepared import Split  # noqa: E402
-from .models import count_parameters, describe, layer_table  # noqa: E402
+from .models import describe  # noqa: E402
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -158,6 +158,3 @@ def markdown(ctx: dict[str, Any]) -> str:
     lines += ["", f"Normalization: mean {ctx['mean']:.4f}, std {ctx['std']:.4f}.", ""]
     return "\n".join(lines)
 
-
-def model_summary(model: torch.nn.Module, spec: dict[str, Any]) -> tuple[int, list[tuple[str, str, int]]]:
-    return count_parameters(model), layer_table(model, tuple(spec["image_shape"]))

@@ -117,14 +117,19 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     return float(loss_sum) / len(y), int(correct) / len(y)
 
 
-def fingerprint(params: Params, spec: dict[str, Any], data_files: list[Path], device: torch.device) -> str:
-    """Identity of a training run: everything that changes its result."""
+def data_digest(files: list[Path]) -> str:
+    """SHA-256 over the prepared data files (read once per stage, shared by every seed's run)."""
     h = hashlib.sha256()
-    config = {"seed": params.seed, "train": as_dict(params.train), "spec": spec, "device": device.type}
-    h.update(json.dumps(config, sort_keys=True).encode())
-    for path in data_files:
+    for path in files:
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
     return h.hexdigest()
+
+
+def fingerprint(params: Params, spec: dict[str, Any], data: str, device: torch.device) -> str:
+    """Identity of a training run: everything that changes its result (`data`: data_digest)."""
+    config = {"seed": params.seed, "train": as_dict(params.train), "spec": spec,
+              "device": device.type, "data": data}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
