@@ -1,20 +1,25 @@
 """evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction;
 plus the test accuracy of each extra-seed model as mean ± std."""
 
-import statistics
-import sys
-import time
-from pathlib import Path
+from mnistpipe.numerics import pin_from_params
 
-import torch
+NUMERICS = pin_from_params()  # first: the math libraries read their code paths as they load
 
-from mnistpipe.atomic import write_csv, write_json
-from mnistpipe.checkpoint import load_model
-from mnistpipe.data.prepared import load_split, normalize
-from mnistpipe.device import choose_device, device_name, synchronize
-from mnistpipe.errors import exit_on_user_error
-from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits
-from mnistpipe.params import load_params
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from mnistpipe.atomic import write_csv, write_json  # noqa: E402
+from mnistpipe.checkpoint import load_model  # noqa: E402
+from mnistpipe.data.prepared import load_split, normalize  # noqa: E402
+from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E402
+from mnistpipe.errors import exit_on_user_error  # noqa: E402
+from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits  # noqa: E402
+from mnistpipe.numerics import machine_facts  # noqa: E402
+from mnistpipe.params import load_params  # noqa: E402
 
 PREPARED, MODEL, SEED_MODELS = Path("data/prepared"), Path("models/model.pt"), Path("models/seeds")
 
@@ -59,7 +64,7 @@ def main() -> None:
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
     ])
     write_json("logs/evaluate.json", {"device": device.type, "device_name": device_name(device),
-                                      "torch": torch.__version__, "images": len(test),
+                                      **machine_facts(NUMERICS), "images": len(test),
                                       "seconds": round(seconds, 4)})
     print(f"test accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
           f"macro F1 {metrics['macro_f1']:.4f}  ({len(test)} images, {seconds:.3f}s on {device.type})",

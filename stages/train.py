@@ -3,22 +3,24 @@
 A killed run resumes from its checkpoint when `dvc repro` runs again.
 """
 
-import dataclasses
-import platform
-import time
-from dataclasses import asdict
-from pathlib import Path
+from mnistpipe.numerics import pin_from_params
 
-import torch
+NUMERICS = pin_from_params()  # first: the math libraries read their code paths as they load
 
-from mnistpipe.atomic import write_csv, write_json
-from mnistpipe.checkpoint import save_model
-from mnistpipe.data.prepared import load_meta, load_split
-from mnistpipe.device import choose_device, device_name, peak_rss_mb
-from mnistpipe.errors import exit_on_user_error
-from mnistpipe.models import count_parameters, model_spec
-from mnistpipe.params import load_params
-from mnistpipe.train import data_digest, fingerprint, run_training
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from mnistpipe.atomic import write_csv, write_json  # noqa: E402
+from mnistpipe.checkpoint import save_model  # noqa: E402
+from mnistpipe.data.prepared import load_meta, load_split  # noqa: E402
+from mnistpipe.device import choose_device, device_name, peak_rss_mb  # noqa: E402
+from mnistpipe.errors import exit_on_user_error  # noqa: E402
+from mnistpipe.models import count_parameters, model_spec  # noqa: E402
+from mnistpipe.numerics import machine_facts  # noqa: E402
+from mnistpipe.params import load_params  # noqa: E402
+from mnistpipe.train import data_digest, fingerprint, run_training  # noqa: E402
 
 PREPARED = Path("data/prepared")
 MODEL, SEED_MODELS = Path("models/model.pt"), Path("models/seeds")
@@ -56,10 +58,10 @@ def main() -> None:
         "parameters": count_parameters(result.model),
     })
     write_csv("plots/train.csv", [asdict(r) for r in result.history])
-    # Facts that differ between machines or runs stay out of metrics/.
+    # Facts that differ between machines or runs: read by people, not by DVC or git.
     write_json("logs/train.json", {
-        "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
-        "python": platform.python_version(), "resumed_after_epoch": result.resumed_from_epoch,
+        "device": device.type, "device_name": device_name(device), **machine_facts(NUMERICS),
+        "resumed_after_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": [round(s, 3) for s in result.seconds_per_epoch],
         "seconds_total": round(time.perf_counter() - t0, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),

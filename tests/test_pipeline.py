@@ -100,3 +100,27 @@ def test_metrics_diff_between_branches(pipeline, tmp_path):
     params = json.loads(dvc(repo, env, "params", "diff", "main", "--json").stdout)
     lr = params["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.001, 0.01)
+
+
+def test_forced_rerun_records_identical_hashes(pipeline, tmp_path):
+    """Same inputs, same bytes: dvc.lock (md5 of every output, .pt and PNG included) is unchanged."""
+    repo, env = copy_of(pipeline, tmp_path)
+    before = (repo / "dvc.lock").read_text()
+    dvc(repo, env, "repro", "-f")
+    assert (repo / "dvc.lock").read_text() == before
+    assert run(["git", "status", "--porcelain"], repo, env).stdout == ""
+
+
+def changed_stages(repo: Path, env: dict) -> set[str]:
+    return set(json.loads(dvc(repo, env, "status", "--json").stdout))
+
+
+def test_editing_an_imported_module_marks_exactly_its_importers_changed(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    with open(repo / "src/mnistpipe/evaluate.py", "a") as f:
+        f.write("\n# edited\n")
+    assert changed_stages(repo, env) == {"train", "evaluate", "report"}  # train validates with it
+    run(["git", "checkout", "-q", "--", "."], repo, env)
+    with open(repo / "src/mnistpipe/predict.py", "a") as f:  # no stage imports predict
+        f.write("\n# edited\n")
+    assert changed_stages(repo, env) == set()

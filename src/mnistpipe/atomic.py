@@ -68,10 +68,16 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, byte-stable: saved to a file, torch names the archive's records after the
+    file (here a random temp name); saved to a buffer, they are always archive/..."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -165,6 +165,7 @@ class MultiSeedConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int
+    numerics: Literal["portable", "fast"]  # see numerics.py
     data: DataConfig
     prepare: PrepareConfig
     model: ModelConfig

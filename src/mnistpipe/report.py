@@ -23,7 +23,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _save(fig, path: Path, dpi: int) -> None:
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    # No "Software: matplotlib x.y" stamp: the same figure gives the same bytes.
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 

@@ -127,7 +127,7 @@ def data_digest(files: list[Path]) -> str:
 
 def fingerprint(params: Params, spec: dict[str, Any], data: str, device: torch.device) -> str:
     """Identity of a training run: everything that changes its result (`data`: data_digest)."""
-    config = {"seed": params.seed, "train": as_dict(params.train), "spec": spec,
+    config = {"seed": params.seed, "numerics": params.numerics, "train": as_dict(params.train), "spec": spec,
               "device": device.type, "data": data}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 

@@ -7,6 +7,7 @@ from one in-memory tensor instead of converting images one by one.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,18 @@ def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Spl
 
 
 def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard deviation of pixel values scaled to [0, 1]."""
-    x = images.to(torch.float64).div_(255)
-    return float(x.mean()), float(x.std())
+    """Mean and (sample) standard deviation of uint8 pixel values scaled to [0, 1].
+
+    Computed from exact integer sums, so the result is the same on every machine
+    (a float sum's rounding depends on how the threads and vector units split it).
+    """
+    counts = torch.bincount(images.reshape(-1).to(torch.int64), minlength=256).tolist()
+    n = sum(counts)
+    total = sum(v * c for v, c in enumerate(counts))
+    squares = sum(v * v * c for v, c in enumerate(counts))
+    mean = total / (255 * n)
+    std = math.sqrt((n * squares - total * total) / (n * (n - 1))) / 255
+    return mean, std
 
 
 def normalize(images: torch.Tensor, mean: float, std: float, device: torch.device | str = "cpu") -> torch.Tensor:
