@@ -1,8 +1,11 @@
-"""Training speed, side by side in one run: the tutorial's DataLoader pipeline vs mnistpipe's loop.
+"""Training speed, side by side in one run: the tutorial's DataLoader pipeline vs mnistpipe's
+loop, the latter in both numerics modes (portable, the default, and fast).
 
-Both train the same network (params.yaml's model), with the same batch size, optimizer,
+All train the same network (params.yaml's model), with the same batch size, optimizer,
 learning rate and epochs, on the full 60,000 training images, then evaluate on the
-10,000 test images. Each way runs in its own subprocess so peak RSS is its own.
+10,000 test images. Each way runs in its own subprocess, so peak RSS and the numerics
+settings (fixed when torch loads) are its own. The tutorial runs as written: the
+libraries choose their code paths.
 
     python benchmarks/train_speed.py                # 3 epochs, device from params (auto)
     python benchmarks/train_speed.py --epochs 10 --device cuda
@@ -27,14 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from mnistpipe.numerics import cpu_model, pin
 
-from mnistpipe.data.prepared import normalize, pixel_stats, read_raw
-from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize
-from mnistpipe.evaluate import loss_and_accuracy, predict_logits
-from mnistpipe.models import build_model, model_spec
-from mnistpipe.params import load_params
-from mnistpipe.train import make_optimizer, train_epoch
+if __name__ == "__main__":  # a worker's numerics mode must be set before torch loads
+    _pre = argparse.ArgumentParser(add_help=False)
+    _pre.add_argument("--numerics", default="fast")
+    pin(_pre.parse_known_args()[0].numerics)
+
+import torch  # noqa: E402
+
+from mnistpipe.data.prepared import normalize, pixel_stats, read_raw  # noqa: E402
+from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize  # noqa: E402
+from mnistpipe.evaluate import loss_and_accuracy, predict_logits  # noqa: E402
+from mnistpipe.models import build_model, model_spec  # noqa: E402
+from mnistpipe.params import load_params  # noqa: E402
+from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -125,8 +135,13 @@ def worker_mnistpipe(params, device, epochs: int) -> dict:
             "train_total_s": total}
 
 
+WAYS = {"tutorial": ("tutorial", "fast"), "portable": ("mnistpipe", "portable"), "fast": ("mnistpipe", "fast")}
+
+
 def run_worker(way: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", way, "--epochs", str(args.epochs), "--device", args.device]
+    worker, numerics = WAYS[way]
+    cmd = [sys.executable, __file__, "--worker", worker, "--numerics", numerics,
+           "--epochs", str(args.epochs), "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -140,6 +155,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default=None, help="auto|cpu|cuda|mps (default: params.yaml train.device)")
     ap.add_argument("--worker", choices=["tutorial", "mnistpipe"], help=argparse.SUPPRESS)
+    ap.add_argument("--numerics", choices=["portable", "fast"], default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -152,43 +168,51 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    res = {way: run_worker(way, args) for way in ("tutorial", "mnistpipe")}
-    tut, mp = res["tutorial"], res["mnistpipe"]
-    ratio = statistics.median(tut["epoch_s"]) / statistics.median(mp["epoch_s"])
+    res = {way: run_worker(way, args) for way in WAYS}
+    median = {way: statistics.median(r["epoch_s"]) for way, r in res.items()}
+    ratio = median["tutorial"] / median["portable"]
+    cost = median["portable"] / median["fast"]
     prepared = sum(p.stat().st_size for p in (ROOT / "data/prepared").glob("*")) / 1e6 \
         if (ROOT / "data/prepared").is_dir() else float("nan")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores; {device_name(device)}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores; {device_name(device)}"
     lines = [
         f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}",
         f"model {params.model.hidden} batch {params.train.batch_size} {params.train.optimizer} "
         f"lr {params.train.lr}, {args.epochs} epochs on 60,000 images",
         f"{'':10s} {'epoch s: median (min–max)':>28s} {'test acc':>9s} {'eval s':>7s} {'peak RSS MB':>12s}",
     ]
-    for way in ("tutorial", "mnistpipe"):
-        r = res[way]
+    for way, r in res.items():
         lines.append(f"{way:10s} {summary(r['epoch_s']):>28s} {r['test_acc']:9.4f} {r['eval_s']:7.3f} "
                      f"{r['peak_rss_mb']:12.0f}")
-    lines.append(f"speed-up (median epoch): {ratio:.1f}x; mnistpipe {args.epochs} epochs in "
-                 f"{mp['train_total_s']:.2f} s; data/prepared/ {prepared:.1f} MB")
+    lines.append(f"speed-up, tutorial / portable (median epoch): {ratio:.1f}x; portable costs {cost:.2f}x "
+                 f"fast; portable {args.epochs} epochs in {res['portable']['train_total_s']:.2f} s; "
+                 f"data/prepared/ {prepared:.1f} MB")
     print("\n".join(lines))
     if not args.no_record:
-        record(machine, params, args, res, ratio, prepared)
+        record(machine, args, res, ratio, cost, prepared)
 
 
-def record(machine: str, params, args, res: dict, ratio: float, prepared: float) -> None:
-    header = ("| date | machine | torch | epochs | tutorial s/epoch | mnistpipe s/epoch | speed-up | "
-              "mnistpipe total s | test acc (tut / mp) | eval s (mp) | peak RSS MB (tut / mp) | prepared MB |\n"
+def cpu_name() -> str:
+    return cpu_model()[0] or platform.machine()
+
+
+def record(machine: str, args, res: dict, ratio: float, cost: float, prepared: float) -> None:
+    header = ("| date | machine | torch | epochs | tutorial s/epoch | portable s/epoch | fast s/epoch | "
+              "speed-up (tutorial / portable) | portable cost (portable / fast) | "
+              "test acc (tut / portable / fast) | eval s (portable) | peak RSS MB (tut / portable) |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    tut, mp = res["tutorial"], res["mnistpipe"]
+    tut, por, fast = res["tutorial"], res["portable"], res["fast"]
     row = (f"| {datetime.date.today()} | {machine} | {torch.__version__} | {args.epochs} | "
-           f"{summary(tut['epoch_s'])} | {summary(mp['epoch_s'])} | {ratio:.1f}x | {mp['train_total_s']:.2f} | "
-           f"{tut['test_acc']:.4f} / {mp['test_acc']:.4f} | {mp['eval_s']:.3f} | "
-           f"{tut['peak_rss_mb']:.0f} / {mp['peak_rss_mb']:.0f} | {prepared:.1f} |\n")
-    marker = "<!-- train_speed rows -->\n"
+           f"{summary(tut['epoch_s'])} | {summary(por['epoch_s'])} | {summary(fast['epoch_s'])} | "
+           f"{ratio:.1f}x | {cost:.2f}x | {tut['test_acc']:.4f} / {por['test_acc']:.4f} / {fast['test_acc']:.4f} | "
+           f"{por['eval_s']:.3f} | {tut['peak_rss_mb']:.0f} / {por['peak_rss_mb']:.0f} |\n")
+    marker = "<!-- train_speed rows: portable and fast -->\n"
     text = RESULTS.read_text() if RESULTS.exists() else ""
     if marker not in text:
-        text += f"\n## Training speed (`python benchmarks/train_speed.py`)\n\n{marker}{header}"
-    text = text.replace(marker + header, marker + header + row) if (marker + header) in text else text + row
+        text += f"\n## Training speed (`python benchmarks/train_speed.py`)\n\n{marker}"
+    if marker + header not in text:
+        text = text.replace(marker, marker + header)
+    text = text.replace(marker + header, marker + header + row)
     RESULTS.write_text(text)
 
 

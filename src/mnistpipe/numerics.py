@@ -75,7 +75,7 @@ def pin_from_params(path: str = "params.yaml") -> str:
     return mode
 
 
-def _cpu_model() -> tuple[str, str]:
+def cpu_model() -> tuple[str, str]:
     try:
         info = open("/proc/cpuinfo").read()
     except OSError:
@@ -90,7 +90,7 @@ def machine_facts(mode: str) -> dict[str, Any]:
 
     config = torch.__config__.show()
     version = lambda pattern: (re.search(pattern, config) or [None, None])[1]  # noqa: E731
-    model, vendor = _cpu_model()
+    model, vendor = cpu_model()
     return {
         "numerics": mode,
         "cpu_model": model,
