@@ -43,7 +43,8 @@ def main() -> None:
         resume.unlink(missing_ok=True)  # finished: a later run must start fresh
         return result
 
-    SEED_MODELS.mkdir(parents=True, exist_ok=True)  # an empty folder when there are no extra seeds
+    # The folder lists its seeds, so it is never empty (DVC warns about empty outputs).
+    write_json(SEED_MODELS / "seeds.json", {"seeds": params.multiseed.seeds})
     for seed in params.multiseed.seeds:
         print(f"extra seed {seed}:")
         extra = train_with_seed(seed, Path(f"models/resume-seed{seed}.pt"))

@@ -477,3 +477,25 @@ def test_progress_bar_does_not_break_download(server, synthetic_mirror, tmp_path
     spec = spec_for(checksums, "test_images")
     fetch_file(spec, [server.url("good")], tmp_path / "raw", TIMEOUT, 0, progress=True)
     assert (tmp_path / "raw" / spec.name).read_bytes() == (mirror / spec.name).read_bytes()
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+    pytest.param(lambda data: b"<html><body>Not found</body></html>", id="html page"),
+    pytest.param(lambda data: gzip.compress(b"\0" * 100), id="wrong checksum"),
+    pytest.param(lambda data: b"", id="empty"),
+])
+@pytest.mark.parametrize("which", ["train_images", "train_labels", "test_labels"])
+def test_no_unverified_file_survives_a_failed_fetch(synthetic_mirror, tmp_path, refused_url, bad, which):
+    """Whichever present files are bad, and however, a fetch that cannot reach any mirror
+    leaves only verified files (the bug: the first bad file aborted the run, later ones stayed)."""
+    mirror, checksums = synthetic_mirror
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    for key in ("train_images", which):  # two bad files: the first file and another
+        (dest / FILES[key]).write_bytes(bad((mirror / FILES[key]).read_bytes()))
+    good = FILES["test_images"]
+    (dest / good).write_bytes((mirror / good).read_bytes())
+    with pytest.raises(UserError):
+        fetch_dataset(make_config(checksums, [refused_url]), dest, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == [good]

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["fetch", "prepare", "train", "evaluate", "report"]
+STAGES = ["validate", "fetch", "prepare", "train", "evaluate", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def copy_of(pipeline, tmp_path: Path) -> tuple[Path, dict]:
 def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
     repo, _, first = pipeline
     assert ran_stages(first.stdout) == STAGES
+    assert "WARNING" not in first.stdout + first.stderr, "a normal run prints no warnings"
     expected = [
         "data/raw/train-images-idx3-ubyte.gz", "data/raw/t10k-labels-idx1-ubyte.gz",
         "data/prepared/train.pt", "data/prepared/val.pt", "data/prepared/test.pt",
@@ -63,28 +65,89 @@ def test_second_repro_runs_nothing_and_status_is_clean(pipeline):
 def test_changing_lr_reruns_train_evaluate_report_only(pipeline, tmp_path):
     repo, env = copy_of(pipeline, tmp_path)
     set_param(repo, "train", "lr", 0.003)
-    assert ran_stages(dvc(repo, env, "repro").stdout) == ["train", "evaluate", "report"]
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate", "train", "evaluate", "report"]
 
 
 def test_changing_a_report_param_reruns_report_only(pipeline, tmp_path):
     repo, env = copy_of(pipeline, tmp_path)
     set_param(repo, "report", "dpi", 50)
-    assert ran_stages(dvc(repo, env, "repro").stdout) == ["report"]
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate", "report"]
 
 
 def test_changing_a_mirror_reruns_nothing(pipeline, tmp_path):
     repo, env = copy_of(pipeline, tmp_path)
     set_param(repo, "data", "mirrors", ["https://example.invalid/mnist/"])
-    assert ran_stages(dvc(repo, env, "repro").stdout) == []
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate"]  # checks params, nothing else
 
 
-def test_bad_param_stops_before_any_work(pipeline, tmp_path):
+OUTPUTS = ["models/model.pt", "metrics/train.json", "metrics/eval.json", "metrics/seeds.json",
+           "plots/train.csv", "plots/predictions.csv", "reports/report.md", "data/prepared/train.pt",
+           "data/raw/train-images-idx3-ubyte.gz"]
+
+
+def snapshot(repo: Path) -> dict[str, bytes]:
+    return {p: (repo / p).read_bytes() for p in OUTPUTS if (repo / p).exists()}
+
+
+def break_param(repo: Path, section: str, key: str, value=None, rename: str | None = None) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    if rename:
+        raw[section][rename] = raw[section].pop(key)
+    else:
+        raw[section][key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.parametrize("section, key, value, rename, message", [
+    ("train", "lr", -1, None, "train.lr"),
+    ("train", "batch_size", 0, None, "train.batch_size"),
+    ("train", "epochs", None, "epocs", "did you mean 'epochs'"),
+    ("data", "num_classes", 1, None, "data.num_classes"),
+])
+def test_bad_param_stops_before_dvc_deletes_anything(pipeline, tmp_path, section, key, value, rename, message):
     repo, env = copy_of(pipeline, tmp_path)
-    set_param(repo, "train", "lr", -1)
+    before = snapshot(repo)
+    break_param(repo, section, key, value, rename)
     result = dvc(repo, env, "repro", check=False)
     assert result.returncode != 0
-    assert "train.lr" in result.stderr + result.stdout
+    assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+    assert ran_stages(result.stdout) == ["validate"]
+    assert snapshot(repo) == before, "every output, model and metrics included, is untouched"
+
+
+RESTORE = "git restore params.yaml dvc.lock metrics plots && dvc checkout --force"  # as in the README
+
+
+def test_failed_stage_keeps_small_outputs_and_one_command_restores_the_rest(pipeline, tmp_path):
+    """A failure inside a stage (here: CUDA asked for on a CPU-only machine) happens after
+    DVC deleted that stage's cached outputs; the small uncached ones survive (persist)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA to make train fail")
+    repo, env = copy_of(pipeline, tmp_path)
+    before = snapshot(repo)
+    set_param(repo, "train", "device", "cuda")
+    result = dvc(repo, env, "repro", check=False)
+    assert result.returncode != 0 and "train.device" in result.stderr
+    for path in ("metrics/train.json", "plots/train.csv", "metrics/eval.json", "plots/predictions.csv"):
+        assert (repo / path).read_bytes() == before[path], f"{path} lost"
+    run(["bash", "-c", RESTORE], repo, env)
+    assert snapshot(repo) == before
+    assert run(["git", "status", "--porcelain"], repo, env).stdout == ""
+    assert "up to date" in dvc(repo, env, "status").stdout
+
+
+def test_retrain_command_reruns_only_train_evaluate_report_offline(pipeline, tmp_path):
+    """The README's retrain-on-another-device command must not refetch (or wipe) the data."""
+    repo, env = copy_of(pipeline, tmp_path)
+    offline = {**env, "MNISTPIPE_MIRROR": str(tmp_path / "no-such-mirror")}
+    raw = (repo / "data/raw/train-images-idx3-ubyte.gz").read_bytes()
+    result = dvc(repo, offline, "repro", "--force", "--single-item", "train", "evaluate", "report")
+    assert ran_stages(result.stdout) == ["train", "evaluate", "report"]
+    assert (repo / "data/raw/train-images-idx3-ubyte.gz").read_bytes() == raw
 
 
 def test_metrics_diff_between_branches(pipeline, tmp_path):

@@ -127,16 +127,22 @@ def fetch_file(spec: DataFile, mirrors: list[str], dest_dir: Path, timeout: floa
 
 
 def fetch_dataset(config: DataConfig, dest_dir: Path, progress: bool = True) -> None:
-    """Fetch every file of the dataset; files already present and verified are kept."""
+    """Fetch every file of the dataset; files already present and verified are kept.
+
+    Every present file is checked before anything is downloaded, so a failed download of
+    one file never leaves another, unverified one behind.
+    """
     dest_dir.mkdir(parents=True, exist_ok=True)
-    mirrors = mirror_list(config)
+    missing = []
     for spec in config.files.values():
         dest = dest_dir / spec.name
-        if dest.exists():
-            if _verifies(dest, spec):
-                print(f"{spec.name}: present and verified", file=sys.stderr)
-                continue
-            dest.unlink()  # never leave an unverified file where a later stage would read it
+        if dest.exists() and _verifies(dest, spec):
+            print(f"{spec.name}: present and verified", file=sys.stderr)
+            continue
+        dest.unlink(missing_ok=True)  # never leave an unverified file where a later stage reads it
+        missing.append(spec)
+    mirrors = mirror_list(config)
+    for spec in missing:
         used = fetch_file(spec, mirrors, dest_dir, config.timeout_s, config.retries, progress)
         print(f"{spec.name}: verified, from {used}", file=sys.stderr)
         mirrors = [used] + [m for m in mirrors if m != used]  # the mirror that worked goes first

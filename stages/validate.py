@@ -1,0 +1,25 @@
+"""validate: check all of params.yaml before any other stage runs.
+
+DVC deletes a stage's outputs just before running it, so a bad value found inside, say,
+the train stage would cost the last good model and metrics. Every stage depends on this
+one's output, so DVC runs it first and stops here on any error. The output's content
+never changes, so a valid edit reruns only the stages whose params changed.
+"""
+
+from pathlib import Path
+
+from mnistpipe.atomic import write_text
+from mnistpipe.errors import exit_on_user_error
+from mnistpipe.params import load_params
+
+VALID = Path("logs/params_valid.txt")
+
+
+@exit_on_user_error
+def main() -> None:
+    load_params()
+    write_text(VALID, "params.yaml is valid\n")
+
+
+if __name__ == "__main__":
+    main()
