@@ -46,7 +46,7 @@ def main() -> None:
         x = normalize(test.images, meta.mean, meta.std, device)
         logits = predict_logits(result.model, x, 10000)
         acc = loss_and_accuracy(logits, test.labels.to(device))[1]
-        runs[name] = (result.model, acc, classification_metrics(logits, test.labels), result.history)
+        runs[name] = (result.model, acc, classification_metrics(logits, test.labels)[0], result.history)
         print(f"{name:7s} test accuracy {acc:.4f}  ({seconds:.1f} s incl. start-up)")
     a, b = runs["cuda-1"][0].state_dict(), runs["cuda-2"][0].state_dict()
     print(f"two CUDA runs: identical weights {all(torch.equal(a[k], b[k]) for k in a)}, identical "

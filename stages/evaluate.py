@@ -55,9 +55,10 @@ def main() -> None:
     synchronize(device)
     seconds = time.perf_counter() - t0
 
-    metrics = classification_metrics(logits, test.labels)
+    metrics, per_class = classification_metrics(logits, test.labels)
     confidence, predicted = logits.float().softmax(1).cpu().max(1)
     write_json("metrics/eval.json", metrics)
+    write_csv("plots/per_class.csv", per_class)
     write_json("metrics/seeds.json", seeds_summary(test, device, params.evaluate.batch_size))
     write_csv("plots/predictions.csv", [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}

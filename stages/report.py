@@ -42,6 +42,7 @@ def main() -> None:
         n_wrong = report.wrong_gallery(splits["test"], predictions, cfg.n_wrong, figures / "wrong.png", cfg.dpi)
         (out / "report.md").write_text(report.markdown({
             "eval": json.loads(Path("metrics/eval.json").read_text()),
+            "per_class": report.read_csv(Path("plots/per_class.csv")),
             "train": json.loads(Path("metrics/train.json").read_text()),
             "seeds": json.loads(Path("metrics/seeds.json").read_text()),
             "spec": ckpt["spec"], "sizes": meta.sizes, "counts": counts, "n_wrong": n_wrong,

@@ -42,6 +42,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .compare import compare, format_table, load_run
+
+    result = compare(load_run(args.a), load_run(args.b), args.alpha)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 1 if args.fail_if_worse and result["b_worse"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", metavar="PATH",
                         help="where to write (default: the checkpoint's path with .onnx or .pt2)")
     export.set_defaults(func=cmd_export)
+
+    comp = sub.add_parser("compare", help="is run B better or worse than run A, beyond noise?")
+    comp.add_argument("a", nargs="?", default="HEAD", help="git revision, branch or dvc exp name (default: HEAD)")
+    comp.add_argument("b", nargs="?", default=None, help="the same, or the workspace if omitted")
+    comp.add_argument("--json", action="store_true", help="print one JSON document")
+    comp.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
+    comp.add_argument("--fail-if-worse", action="store_true",
+                      help="exit 1 when B is significantly worse than A (a CI gate)")
+    comp.set_defaults(func=cmd_compare)
     return parser
 
 

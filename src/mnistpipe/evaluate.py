@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any
 
 import torch
@@ -31,8 +33,20 @@ def confusion_matrix(actual: torch.Tensor, predicted: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Flat-ish metrics for dvc: overall numbers plus precision/recall/F1 per class."""
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Flat metrics for dvc (overall numbers, accuracy with its 95% interval) and one row per
+    class (precision, recall, F1, support), kept apart so `dvc exp show` stays narrow."""
     num_classes = logits.shape[1]
     logits, labels = logits.cpu(), labels.cpu()
     predicted = logits.argmax(1)
@@ -42,14 +56,17 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     recall = true_pos / cm.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     loss, acc = loss_and_accuracy(logits, labels)
-    return {
+    correct = int((predicted == labels).sum())
+    low, high = wilson_interval(correct, len(labels))
+    metrics = {
         "accuracy": round(acc, 6),
+        "accuracy_ci95_low": round(low, 6),
+        "accuracy_ci95_high": round(high, 6),
         "loss": round(loss, 6),
         "macro_f1": round(float(f1.mean()), 6),
-        "errors": int((predicted != labels).sum()),
-        "per_class": {
-            str(c): {"precision": round(float(precision[c]), 6), "recall": round(float(recall[c]), 6),
-                     "f1": round(float(f1[c]), 6)}
-            for c in range(num_classes)
-        },
+        "errors": len(labels) - correct,
     }
+    per_class = [{"class": c, "precision": round(float(precision[c]), 6), "recall": round(float(recall[c]), 6),
+                  "f1": round(float(f1[c]), 6), "support": int(cm[c].sum())}
+                 for c in range(num_classes)]
+    return metrics, per_class

@@ -128,7 +128,8 @@ def markdown(ctx: dict[str, Any]) -> str:
         f"(validation {ctx['sizes']['val']:,}), evaluated on {ctx['sizes']['test']:,} test images.", "",
         "## Results", "",
         "| metric | value |", "|---|---|",
-        f"| test accuracy | {ev['accuracy']:.4f} |",
+        f"| test accuracy | {ev['accuracy']:.4f} (95% interval {ev['accuracy_ci95_low']:.4f}–"
+        f"{ev['accuracy_ci95_high']:.4f}) |",
         f"| test loss | {ev['loss']:.4f} |",
         f"| test macro F1 | {ev['macro_f1']:.4f} |",
         f"| test errors | {ev['errors']} of {ctx['sizes']['test']:,} |",
@@ -144,8 +145,8 @@ def markdown(ctx: dict[str, Any]) -> str:
               "## Per class", "", "![accuracy per class](figures/per_class.png)", "",
               "![confusion matrix](figures/confusion.png)", "",
               "| class | precision | recall | F1 |", "|---|---|---|---|"]
-    lines += [f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |"
-              for c, m in ev["per_class"].items()]
+    lines += [f"| {m['class']} | {float(m['precision']):.4f} | {float(m['recall']):.4f} | {float(m['f1']):.4f} |"
+              for m in ctx["per_class"]]
     lines += ["", "## Most confidently wrong test digits", ""]
     lines += ["![confidently wrong](figures/wrong.png)" if ctx["n_wrong"] else "No test digit was misclassified.", ""]
     lines += ["## Model", "", f"{describe(spec)}: **{ctx['parameters']:,} trainable parameters**.", "",
