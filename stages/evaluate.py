@@ -3,7 +3,7 @@ plus the test accuracy of each extra-seed model as mean ± std."""
 
 from mnistpipe.numerics import pin_from_params
 
-NUMERICS = pin_from_params()  # first: the math libraries read their code paths as they load
+PARAMS = pin_from_params()  # first: the math libraries read their code paths as they load
 
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -19,7 +19,6 @@ from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E4
 from mnistpipe.errors import exit_on_user_error  # noqa: E402
 from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits  # noqa: E402
 from mnistpipe.numerics import machine_facts  # noqa: E402
-from mnistpipe.params import load_params  # noqa: E402
 
 PREPARED, MODEL, SEED_MODELS = Path("data/prepared"), Path("models/model.pt"), Path("models/seeds")
 
@@ -46,12 +45,11 @@ def seeds_summary(test, device, batch_size: int) -> dict:
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params()
-    device = choose_device(params.evaluate.device, "evaluate.device")
+    device = choose_device(PARAMS.evaluate.device, "evaluate.device")
     test = load_split(PREPARED, "test")
 
     t0 = time.perf_counter()
-    logits = test_logits(MODEL, test, device, params.evaluate.batch_size)
+    logits = test_logits(MODEL, test, device, PARAMS.evaluate.batch_size)
     synchronize(device)
     seconds = time.perf_counter() - t0
 
@@ -59,13 +57,13 @@ def main() -> None:
     confidence, predicted = logits.float().softmax(1).cpu().max(1)
     write_json("metrics/eval.json", metrics)
     write_csv("plots/per_class.csv", per_class)
-    write_json("metrics/seeds.json", seeds_summary(test, device, params.evaluate.batch_size))
+    write_json("metrics/seeds.json", seeds_summary(test, device, PARAMS.evaluate.batch_size))
     write_csv("plots/predictions.csv", [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
     ])
     write_json("logs/evaluate.json", {"device": device.type, "device_name": device_name(device),
-                                      **machine_facts(NUMERICS), "images": len(test),
+                                      **machine_facts(PARAMS.numerics), "images": len(test),
                                       "seconds": round(seconds, 4)})
     print(f"test accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
           f"macro F1 {metrics['macro_f1']:.4f}  ({len(test)} images, {seconds:.3f}s on {device.type})",

@@ -5,7 +5,7 @@ A killed run resumes from its checkpoint when `dvc repro` runs again.
 
 from mnistpipe.numerics import pin_from_params
 
-NUMERICS = pin_from_params()  # first: the math libraries read their code paths as they load
+PARAMS = pin_from_params()  # first: the math libraries read their code paths as they load
 
 import dataclasses  # noqa: E402
 import time  # noqa: E402
@@ -19,7 +19,6 @@ from mnistpipe.device import choose_device, device_name, peak_rss_mb  # noqa: E4
 from mnistpipe.errors import exit_on_user_error  # noqa: E402
 from mnistpipe.models import count_parameters, model_spec  # noqa: E402
 from mnistpipe.numerics import machine_facts  # noqa: E402
-from mnistpipe.params import load_params  # noqa: E402
 from mnistpipe.train import data_digest, fingerprint, run_training  # noqa: E402
 
 PREPARED = Path("data/prepared")
@@ -29,28 +28,27 @@ MODEL, SEED_MODELS = Path("models/model.pt"), Path("models/seeds")
 @exit_on_user_error
 def main() -> None:
     t0 = time.perf_counter()
-    params = load_params()
-    device = choose_device(params.train.device)
+    device = choose_device(PARAMS.train.device)
     meta = load_meta(PREPARED)
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
-    spec = model_spec(params.model, meta.image_shape, meta.num_classes)
+    spec = model_spec(PARAMS.model, meta.image_shape, meta.num_classes)
     data = data_digest([PREPARED / f for f in ("train.pt", "val.pt", "meta.json")])
 
     def train_with_seed(seed: int, resume: Path):
-        run_params = dataclasses.replace(params, seed=seed)
+        run_params = dataclasses.replace(PARAMS, seed=seed)
         run_id = fingerprint(run_params, spec, data, device)
         result = run_training(run_params, spec, meta, train, val, device, resume, run_id)
         resume.unlink(missing_ok=True)  # finished: a later run must start fresh
         return result
 
     # The folder lists its seeds, so it is never empty (DVC warns about empty outputs).
-    write_json(SEED_MODELS / "seeds.json", {"seeds": params.multiseed.seeds})
-    for seed in params.multiseed.seeds:
+    write_json(SEED_MODELS / "seeds.json", {"seeds": PARAMS.multiseed.seeds})
+    for seed in PARAMS.multiseed.seeds:
         print(f"extra seed {seed}:")
         extra = train_with_seed(seed, Path(f"models/resume-seed{seed}.pt"))
         save_model(SEED_MODELS / f"seed{seed}.pt", extra.model, spec, meta.mean, meta.std)
 
-    result = train_with_seed(params.seed, Path("models/resume.pt"))
+    result = train_with_seed(PARAMS.seed, Path("models/resume.pt"))
     last = result.history[-1]
     save_model(MODEL, result.model, spec, meta.mean, meta.std)
     write_json("metrics/train.json", {
@@ -61,7 +59,7 @@ def main() -> None:
     write_csv("plots/train.csv", [asdict(r) for r in result.history])
     # Facts that differ between machines or runs: read by people, not by DVC or git.
     write_json("logs/train.json", {
-        "device": device.type, "device_name": device_name(device), **machine_facts(NUMERICS),
+        "device": device.type, "device_name": device_name(device), **machine_facts(PARAMS.numerics),
         "resumed_after_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": [round(s, 3) for s in result.seconds_per_epoch],
         "seconds_total": round(time.perf_counter() - t0, 3),

@@ -33,10 +33,14 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w@.-]+)'", output)
 
 
-def set_param(repo: Path, section: str, key: str, value) -> None:
+def set_param(repo: Path, section: str, key: str, value, rename: str | None = None) -> None:
+    """params.yaml's section.key = value; with `rename`, move the key to that name instead."""
     path = repo / "params.yaml"
     raw = yaml.safe_load(path.read_text())
-    raw[section][key] = value
+    if rename:
+        raw[section][rename] = raw[section].pop(key)
+    else:
+        raw[section][key] = value
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

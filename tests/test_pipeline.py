@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 
@@ -89,16 +88,6 @@ def snapshot(repo: Path) -> dict[str, bytes]:
     return {p: (repo / p).read_bytes() for p in OUTPUTS if (repo / p).exists()}
 
 
-def break_param(repo: Path, section: str, key: str, value=None, rename: str | None = None) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    if rename:
-        raw[section][rename] = raw[section].pop(key)
-    else:
-        raw[section][key] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
 @pytest.mark.parametrize("section, key, value, rename, message", [
     ("train", "lr", -1, None, "train.lr"),
     ("train", "batch_size", 0, None, "train.batch_size"),
@@ -108,7 +97,7 @@ def break_param(repo: Path, section: str, key: str, value=None, rename: str | No
 def test_bad_param_stops_before_dvc_deletes_anything(pipeline, tmp_path, section, key, value, rename, message):
     repo, env = copy_of(pipeline, tmp_path)
     before = snapshot(repo)
-    break_param(repo, section, key, value, rename)
+    set_param(repo, section, key, value, rename)
     result = dvc(repo, env, "repro", check=False)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout

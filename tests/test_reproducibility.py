@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from dvc_helpers import make_repo, run
+from mnistpipe.numerics import OVERRIDDEN_PREFIXES, PORTABLE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +32,8 @@ OUTPUTS = ["metrics/train.json", "metrics/eval.json", "metrics/seeds.json", "plo
 
 
 def clean_env(env: dict, **extra: str) -> dict:
-    out = {k: v for k, v in env.items()
-           if not k.startswith(("MKL_", "ONEDNN_", "DNNL_", "OMP_")) and k != "ATEN_CPU_CAPABILITY"}
+    """`env` without any setting portable numerics overrides, plus `extra`."""
+    out = {k: v for k, v in env.items() if not k.startswith(OVERRIDDEN_PREFIXES) and k not in PORTABLE_ENV}
     return {**out, **extra}
 
 

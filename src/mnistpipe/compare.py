@@ -26,7 +26,7 @@ from scipy import stats
 from .errors import UserError
 from .evaluate import wilson_interval
 
-PREDICTIONS, EVAL, SEEDS = "plots/predictions.csv", "metrics/eval.json", "metrics/seeds.json"
+PREDICTIONS, SEEDS = "plots/predictions.csv", "metrics/seeds.json"
 RESAMPLES = 10_000
 
 
@@ -37,9 +37,8 @@ class Run:
     predicted: np.ndarray
     seed_accuracies: list[float]  # test accuracy of each extra training seed (may be empty)
 
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.actual
+    def __post_init__(self) -> None:
+        self.correct = self.predicted == self.actual
 
 
 def _read(path: str, rev: str | None) -> str | None:
@@ -49,12 +48,14 @@ def _read(path: str, rev: str | None) -> str | None:
         except FileNotFoundError:
             return None
     import dvc.api
+    from dvc.exceptions import PathMissingError
+    from dvc.scm import RevError
 
     try:
         return dvc.api.read(path, rev=rev)
-    except Exception as exc:  # unknown revision, or the file did not exist there
-        if "unknown" in str(exc).lower() or "revision" in str(exc).lower():
-            raise UserError(f"{rev!r} is not a git revision, branch or experiment here ({exc})") from None
+    except RevError as exc:
+        raise UserError(f"{rev!r} is not a git revision, branch or experiment here ({exc})") from None
+    except PathMissingError:
         return None
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any
 
 import torch
@@ -35,13 +33,12 @@ def confusion_matrix(actual: torch.Tensor, predicted: torch.Tensor, num_classes:
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
-    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    from scipy.stats import binomtest
+
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -25,7 +25,10 @@ import os
 import platform
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .params import Params
 
 MODES = ("portable", "fast")
 THREADS = 2
@@ -61,18 +64,18 @@ def pin(mode: str) -> None:
               file=sys.stderr)
 
 
-def pin_from_params(path: str = "params.yaml") -> str:
-    """Validate params.yaml and pin its `numerics` mode; returns the mode.
+def pin_from_params(path: str = "params.yaml") -> Params:
+    """Read and validate params.yaml, pin its `numerics` mode, and return the params.
 
-    Stage scripts call this first, before importing torch (see `pin`). A bad params.yaml
-    ends the stage here, before any work.
+    Stage scripts call this first, before importing torch (see `pin`), and use the params
+    it returns. A bad params.yaml ends the stage here, before any work.
     """
     from .errors import exit_on_user_error
     from .params import load_params
 
-    mode = exit_on_user_error(load_params)(path).numerics
-    pin(mode)
-    return mode
+    params = exit_on_user_error(load_params)(path)
+    pin(params.numerics)
+    return params
 
 
 def cpu_model() -> tuple[str, str]:
