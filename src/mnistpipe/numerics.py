@@ -4,10 +4,16 @@
 with AVX2, Intel or AMD, whatever the core count or the user's environment:
 
 - ATen (PyTorch's own kernels) runs its AVX2 build, not AVX-512 where the CPU has it;
-- MKL runs its COMPATIBLE branch, the one code path it keeps on every vendor's CPU
-  (other branches are honoured only on Intel CPUs);
-- oneDNN's JIT is capped at AVX2 and its convolutions are switched off, so
-  convolutions run as ATen's im2col + MKL GEMM;
+- large float32 matrix products (a Linear layer's, forward and backward, from 2^20
+  multiply-adds) run on oneDNN's AVX2 kernels, which for reductions of up to 1,024 terms
+  compute each output as one fused multiply-add chain in index order: a result defined
+  by the math, not by the CPU's cache sizes or thread count (tests/test_numerics.py
+  checks it against that chain);
+- MKL, for what remains (smaller products, the CNN's convolutions), runs its COMPATIBLE
+  branch, the one code path it keeps on every vendor's CPU (other branches are honoured
+  only on Intel);
+- oneDNN's JIT is capped at AVX2 and its convolutions are switched off (their sums
+  are split by thread), so convolutions run as ATen's im2col + MKL GEMM;
 - exactly THREADS intra-op threads: MKL's COMPATIBLE GEMM and ATen's parallel
   reductions split their sums by thread count (3 threads gave other bits than 1 or 2).
 
@@ -58,10 +64,52 @@ def pin(mode: str) -> None:
 
     torch.set_num_threads(THREADS)
     torch.backends.mkldnn.enabled = False
+    _route_matmuls_to_onednn(torch)
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"warning: this CPU runs ATen's {torch.backends.cpu.get_cpu_capability()} kernels, "
               "not AVX2: results repeat on this machine but may differ from AVX2 machines",
               file=sys.stderr)
+
+
+_matmul_overrides = None  # the registration lives as long as this object
+# Products below this many multiply-adds stay on MKL: oneDNN's fixed cost per call (about
+# 10 us through torch) is more than such a product takes.
+ONEDNN_MIN_MACS = 1 << 20
+
+
+def _route_matmuls_to_onednn(torch) -> None:
+    """Give ATen's large float32 CPU products (`mm`, `addmm`) to oneDNN's AVX2 matmul.
+
+    MKL's COMPATIBLE branch is SSE-era: it took 2.4x as long as oneDNN on the MLP's first
+    layer. Autograd's formulas call `mm` too, so backward passes take the same path.
+    """
+    global _matmul_overrides
+    linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if _matmul_overrides is not None or linear is None or not torch.backends.mkldnn.is_available():
+        return
+
+    def large(a, b) -> bool:
+        return (a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2
+                and a.shape[0] * a.shape[1] * b.shape[1] >= ONEDNN_MIN_MACS)
+
+    def mm(a, b):  # oneDNN's linear computes input @ weight.T
+        if large(a, b):
+            return linear.default(a, b.t(), None, "none", [], "")
+        return torch.mm(a, b, out=a.new_empty(a.shape[0], b.shape[1]))  # mm.out: ATen's own kernel
+
+    def addmm(bias, a, b, *, beta=1, alpha=1):
+        if large(a, b) and beta == alpha == 1 and bias.shape == (b.shape[1],) and bias.dtype == a.dtype:
+            return linear.default(a, b.t(), bias, "none", [], "")  # the chain, then + bias
+        return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=a.new_empty(a.shape[0], b.shape[1]))
+
+    import warnings
+
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # "overriding a previously registered kernel": intended
+        warnings.simplefilter("ignore")
+        lib.impl("mm", mm, "CPU")
+        lib.impl("addmm", addmm, "CPU")
+    _matmul_overrides = lib
 
 
 def pin_from_params(path: str = "params.yaml") -> Params:
@@ -106,6 +154,7 @@ def machine_facts(mode: str) -> dict[str, Any]:
         "onednn": version(r"MKL-DNN v(\S+)"),
         "onednn_enabled": torch.backends.mkldnn.enabled,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
+        "float32_matmul": "oneDNN (large), MKL (small)" if _matmul_overrides is not None else "MKL",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

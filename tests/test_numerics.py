@@ -1,0 +1,86 @@
+"""Portable matrix products: each output is one fused multiply-add chain in index order.
+
+That order is defined by the math, not by the machine, so a CPU that computes it gives
+the same bits as any other. The check runs in a subprocess: numerics.pin must come
+before torch loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from mnistpipe.numerics import ONEDNN_MIN_MACS, OVERRIDDEN_PREFIXES
+
+# The large products (>= numerics.ONEDNN_MIN_MACS multiply-adds) of the default MLP's
+# training (784-128-64-10, batch 64, a last batch of 23) and evaluation (larger batches),
+# as (M, K, N) of (M x K) @ (K x N), plus the widest reduction the guarantee covers.
+# Smaller products stay on MKL's COMPATIBLE branch; tests/test_reproducibility.py covers them.
+SHAPES = [(64, 784, 128), (128, 64, 784), (23, 784, 128), (512, 784, 128), (512, 128, 64),
+          (2048, 64, 10), (64, 1024, 16)]
+assert all(m * k * n >= ONEDNN_MIN_MACS for m, k, n in SHAPES)
+
+PROGRAM = """
+import json, sys
+from mnistpipe.numerics import pin
+pin("portable")
+import torch
+torch.manual_seed(0)
+out = []
+for m, k, n in json.loads(sys.argv[1]):
+    a, b, bias = torch.randn(m, k), torch.randn(k, n) / k ** 0.5, torch.randn(n)
+    out.append({"a": a.tolist(), "b": b.tolist(), "bias": bias.tolist(),
+                "mm": torch.mm(a, b).tolist(),
+                "mm_transposed": torch.mm(b.t(), a.t()).t().tolist(),  # strided operands
+                "addmm": torch.addmm(bias, a, b).tolist(),
+                "linear": torch.nn.functional.linear(a, b.t(), bias).tolist()})
+a64 = torch.randn(5, 7, dtype=torch.float64)
+extras = {"float64": (torch.mm(a64, a64.t()) - a64 @ a64.t().contiguous()).abs().max().item(),
+          "empty": list(torch.mm(torch.randn(0, 3), torch.randn(3, 4)).shape),
+          "scaled": torch.equal(torch.addmm(torch.ones(2), torch.eye(2), torch.eye(2), beta=0.5, alpha=2),
+                                torch.tensor([[2.5, 0.5], [0.5, 2.5]]))}
+print(json.dumps({"products": out, "extras": extras}))
+"""
+
+
+def fma_chain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a @ b) in float32, each output accumulated as fma(a[i,k], b[k,j], acc) for k = 0, 1, ...
+
+    A float32 product is exact in float64, so adding it to the float32 accumulator in
+    float64 and rounding once to float32 is the fused multiply-add's single rounding.
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(a.shape[1]):
+        acc = (acc.astype(np.float64) + np.outer(a[:, k], b[k])).astype(np.float32)
+    return acc
+
+
+def run_portable() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDDEN_PREFIXES)}
+    result = subprocess.run([sys.executable, "-c", PROGRAM, json.dumps(SHAPES)], env=env,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def test_portable_products_are_the_index_order_fma_chain():
+    result = run_portable()
+    for (m, k, n), case in zip(SHAPES, result["products"]):
+        a, b, bias = (np.array(case[key], np.float32) for key in ("a", "b", "bias"))
+        expected = fma_chain(a, b)
+        for key in ("mm", "mm_transposed"):
+            np.testing.assert_array_equal(np.array(case[key], np.float32), expected, err_msg=f"{key} {(m, k, n)}")
+        for key in ("addmm", "linear"):  # the bias is added once, after the chain
+            np.testing.assert_array_equal(np.array(case[key], np.float32), expected + bias,
+                                          err_msg=f"{key} {(m, k, n)}")
+
+
+def test_other_products_keep_their_meaning():
+    extras = run_portable()["extras"]
+    assert extras["float64"] < 1e-12  # other dtypes take ATen's own path
+    assert extras["empty"] == [0, 4]
+    assert extras["scaled"] is True  # addmm's beta and alpha
