@@ -4,6 +4,7 @@ queued experiment sweeps, applying/branching an experiment, remote push/pull, fr
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from dvc_helpers import commit_all, dvc, make_repo, ran_stages, run
 
 pytestmark = pytest.mark.slow
+KEEP = "Experiment|train.lr|model.hidden|accuracy|macro_f1"  # README's `dvc exp show --keep`
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,17 @@ def test_queued_sweep_runs_and_exp_show_lists_each_with_accuracy(project):
     rows = exp_rows(repo, env)
     assert sorted(r["lr"] for r in rows.values()) == [0.0003, 0.003, 0.01]
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
+
+    # The README's narrow view fits a 120-column terminal.
+    narrow = dvc(repo, env, "exp", "show", "--drop", ".*", "--keep", KEEP).stdout
+    assert "accuracy" in narrow and max(map(len, narrow.splitlines())) <= 120, narrow
+
+    # Two queued experiments compare by name.
+    first, second = sorted(rows, key=lambda name: rows[name]["lr"])[:2]
+    compared = json.loads(run([sys.executable, "-m", "mnistpipe.cli", "compare", first, second, "--json"],
+                              repo, env).stdout)
+    for name in (first, second):
+        assert compared["accuracy"][name]["accuracy"] == pytest.approx(rows[name]["accuracy"], abs=1e-6)
 
     # Apply the best experiment, then keep it as a branch.
     best = max(rows, key=lambda name: rows[name]["accuracy"])
