@@ -30,16 +30,18 @@ def test_logits(path: Path, test, device, batch_size: int) -> torch.Tensor:
     return predict_logits(model.to(device), x, batch_size)
 
 
-def seeds_summary(test, device, batch_size: int) -> dict:
-    """Test accuracy per extra-seed model (models/seeds/seed<N>.pt) and its mean ± std."""
+def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
+    """Test accuracy per training seed, the main model's and each extra one's
+    (models/seeds/seed<N>.pt), with their mean ± std; just {"n": 1} without extra seeds."""
     paths = sorted(SEED_MODELS.glob("seed*.pt"), key=lambda p: int(p.stem[4:])) if SEED_MODELS.is_dir() else []
-    acc = {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size),
-                                               test.labels.to(device))[1], 6) for p in paths}
-    if not acc:
-        return {"n": 0}
+    acc = {str(PARAMS.seed): main_accuracy}
+    acc |= {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size),
+                                                test.labels.to(device))[1], 6) for p in paths}
+    if len(acc) == 1:
+        return {"n": 1}
     values = list(acc.values())
     return {"n": len(values), "test_acc_mean": round(statistics.mean(values), 6),
-            "test_acc_std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0,
+            "test_acc_std": round(statistics.stdev(values), 6),
             "test_acc_min": min(values), "test_acc_max": max(values), "test_acc": acc}
 
 
@@ -57,7 +59,7 @@ def main() -> None:
     confidence, predicted = logits.float().softmax(1).cpu().max(1)
     write_json("metrics/eval.json", metrics)
     write_csv("plots/per_class.csv", per_class)
-    write_json("metrics/seeds.json", seeds_summary(test, device, PARAMS.evaluate.batch_size))
+    write_json("metrics/seeds.json", seeds_summary(metrics["accuracy"], test, device, PARAMS.evaluate.batch_size))
     write_csv("plots/predictions.csv", [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mnistpipe.compare import Run, compare, holm, mcnemar, paired_bootstrap
+from mnistpipe.compare import Run, compare, holm, mcnemar, p_text, paired_bootstrap
 from mnistpipe.evaluate import wilson_interval
 
 from dvc_helpers import GIT_ENV
@@ -28,6 +28,11 @@ def test_mcnemar_exact_values():
     b = np.array([False] * 10 + [False] * 5 + [True] * 100)
     assert mcnemar(a, b) == (10, 0, pytest.approx(2 * 0.5**10))
     assert mcnemar(a, a)[2] == 1.0  # no discordant pairs: no evidence of any difference
+
+
+def test_p_values_that_underflow_are_not_printed_as_zero():
+    assert p_text(mcnemar(np.zeros(2000, bool), np.ones(2000, bool))[2]) == "p < 1e-300"
+    assert p_text(2 / 1024) == "p = 0.002"
 
 
 def test_holm_adjustment():

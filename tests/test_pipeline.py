@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 
@@ -65,6 +67,20 @@ def test_changing_lr_reruns_train_evaluate_report_only(pipeline, tmp_path):
     repo, env = copy_of(pipeline, tmp_path)
     set_param(repo, "train", "lr", 0.003)
     assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate", "train", "evaluate", "report"]
+
+
+def test_extra_seeds_give_mean_and_std_over_every_seed(pipeline, tmp_path):
+    repo, env = copy_of(pipeline, tmp_path)
+    set_param(repo, "multiseed", "seeds", [1, 2])
+    dvc(repo, env, "repro")
+    seeds = json.loads((repo / "metrics/seeds.json").read_text())
+    main = json.loads((repo / "metrics/eval.json").read_text())["accuracy"]
+    seed = str(yaml.safe_load((repo / "params.yaml").read_text())["seed"])
+    assert seeds["n"] == 3 and list(seeds["test_acc"]) == [seed, "1", "2"]
+    assert seeds["test_acc"][seed] == main
+    assert seeds["test_acc_mean"] == pytest.approx(statistics.mean(seeds["test_acc"].values()), abs=1e-6)
+    assert seeds["test_acc_std"] == pytest.approx(statistics.stdev(seeds["test_acc"].values()), abs=1e-6)
+    assert "Over 3 training seeds" in (repo / "reports/report.md").read_text()
 
 
 def test_changing_a_report_param_reruns_report_only(pipeline, tmp_path):

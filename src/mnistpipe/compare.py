@@ -140,10 +140,15 @@ def compare(a: Run, b: Run, alpha: float = 0.05) -> dict[str, Any]:
                            "welch_t": float(welch.statistic), "p": float(welch.pvalue)}
     result["b_worse"] = p < alpha and diff < 0
     if p < alpha:
-        result["verdict"] = f"{b.name} is {'worse' if diff < 0 else 'better'} than {a.name} (p = {p:.3g})"
+        result["verdict"] = f"{b.name} is {'worse' if diff < 0 else 'better'} than {a.name} ({p_text(p)})"
     else:
-        result["verdict"] = f"no significant difference (p = {p:.2g}): within run-to-run noise"
+        result["verdict"] = f"no significant difference ({p_text(p)}): within run-to-run noise"
     return result
+
+
+def p_text(p: float) -> str:
+    """'p = 0.0024'; a p-value below float range (it underflows to 0) is not zero."""
+    return "p < 1e-300" if p < 1e-300 else f"p = {p:.2g}"
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -155,13 +160,14 @@ def format_table(r: dict[str, Any]) -> str:
              f"difference {r['b']} - {r['a']}: {r['difference']:+.4f} "
              f"(95% paired bootstrap {r['difference_ci95'][0]:+.4f} to {r['difference_ci95'][1]:+.4f})",
              f"McNemar (exact): only {r['a']} right on {mc['only_a_right']} images, only {r['b']} right on "
-             f"{mc['only_b_right']}; p = {mc['p']:.3g}"]
+             f"{mc['only_b_right']}; {p_text(mc['p'])}"]
     if "seeds" in r:
         s = r["seeds"]
         lines.append(f"over seeds: mean {s['mean_a']:.4f} (n={s['n_a']}) vs {s['mean_b']:.4f} (n={s['n_b']}); "
-                     f"Welch p = {s['p']:.3g}")
+                     f"Welch {p_text(s['p'])}")
     if r["per_class_significant"]:
         table = pd.DataFrame(r["per_class_significant"])[["class", "accuracy_a", "accuracy_b", "p_holm"]]
+        table["p_holm"] = table["p_holm"].map(lambda v: "<1e-300" if v < 1e-300 else f"{v:.2g}")
         lines += [f"classes that changed significantly (Holm-corrected, alpha {r['alpha']}):",
                   table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     else:

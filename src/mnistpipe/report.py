@@ -137,7 +137,7 @@ def markdown(ctx: dict[str, Any]) -> str:
         f"| final training accuracy | {tr['train_acc']:.4f} |", "",
     ]
     seeds = ctx.get("seeds") or {}
-    if seeds.get("n"):
+    if seeds.get("n", 0) > 1:
         per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in seeds["test_acc"].items())
         lines += [f"Over {seeds['n']} training seeds, test accuracy is **{seeds['test_acc_mean']:.4f} "
                   f"± {seeds['test_acc_std']:.4f}** (mean ± sample std; {per_seed}).", ""]
