@@ -1,5 +1,6 @@
-"""evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction;
-plus the test accuracy of each extra-seed model as mean ± std."""
+"""evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction
+(with its calibrated probability); calibration error before and after temperature
+scaling; plus the test accuracy of each seed's model as mean ± std."""
 
 from mnistpipe.numerics import pin_from_params
 
@@ -13,6 +14,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
+from mnistpipe.calibration import expected_calibration_error, reliability_table  # noqa: E402
 from mnistpipe.checkpoint import load_model  # noqa: E402
 from mnistpipe.data.prepared import load_split, normalize  # noqa: E402
 from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E402
@@ -23,11 +25,12 @@ from mnistpipe.numerics import machine_facts  # noqa: E402
 PREPARED, MODEL, SEED_MODELS = Path("data/prepared"), Path("models/model.pt"), Path("models/seeds")
 
 
-def test_logits(path: Path, test, device, batch_size: int) -> torch.Tensor:
+def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor, float]:
+    """The model's test logits and its calibration temperature."""
     model, ckpt = load_model(path)
     norm = ckpt["normalization"]
     x = normalize(test.images, norm["mean"], norm["std"], device)
-    return predict_logits(model.to(device), x, batch_size)
+    return predict_logits(model.to(device), x, batch_size), ckpt.get("temperature", 1.0)
 
 
 def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
@@ -35,7 +38,7 @@ def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
     (models/seeds/seed<N>.pt), with their mean ± std; just {"n": 1} without extra seeds."""
     paths = sorted(SEED_MODELS.glob("seed*.pt"), key=lambda p: int(p.stem[4:])) if SEED_MODELS.is_dir() else []
     acc = {str(PARAMS.seed): main_accuracy}
-    acc |= {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size),
+    acc |= {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size)[0],
                                                 test.labels.to(device))[1], 6) for p in paths}
     if len(acc) == 1:
         return {"n": 1}
@@ -51,14 +54,18 @@ def main() -> None:
     test = load_split(PREPARED, "test")
 
     t0 = time.perf_counter()
-    logits = test_logits(MODEL, test, device, PARAMS.evaluate.batch_size)
+    logits, temperature = test_logits(MODEL, test, device, PARAMS.evaluate.batch_size)
     synchronize(device)
     seconds = time.perf_counter() - t0
 
     metrics, per_class = classification_metrics(logits, test.labels)
-    confidence, predicted = logits.float().softmax(1).cpu().max(1)
+    raw, calibrated = (logits.float().cpu().div(t).softmax(1) for t in (1.0, temperature))
+    metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
+                "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
+    confidence, predicted = calibrated.max(1)
     write_json("metrics/eval.json", metrics)
     write_csv("plots/per_class.csv", per_class)
+    write_csv("plots/reliability.csv", reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
     write_json("metrics/seeds.json", seeds_summary(metrics["accuracy"], test, device, PARAMS.evaluate.batch_size))
     write_csv("plots/predictions.csv", [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}

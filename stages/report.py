@@ -39,9 +39,13 @@ def main() -> None:
         report.curves(history, figures / "curves.png", cfg.dpi)
         report.confusion_heatmap(cm, figures / "confusion.png", cfg.dpi)
         report.per_class_accuracy(cm, figures / "per_class.png", cfg.dpi)
+        evaluation = json.loads(Path("metrics/eval.json").read_text())
+        report.reliability_diagram(report.read_csv(Path("plots/reliability.csv")),
+                                   {"raw": evaluation["ece_raw"], "calibrated": evaluation["ece"]},
+                                   figures / "reliability.png", cfg.dpi)
         n_wrong = report.wrong_gallery(splits["test"], predictions, cfg.n_wrong, figures / "wrong.png", cfg.dpi)
         (out / "report.md").write_text(report.markdown({
-            "eval": json.loads(Path("metrics/eval.json").read_text()),
+            "eval": evaluation,
             "per_class": report.read_csv(Path("plots/per_class.csv")),
             "train": json.loads(Path("metrics/train.json").read_text()),
             "seeds": json.loads(Path("metrics/seeds.json").read_text()),

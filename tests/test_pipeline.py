@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
@@ -41,13 +42,16 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
         "plots/train.csv", "plots/predictions.csv", "logs/train.json", "logs/evaluate.json",
         "reports/report.md", "reports/figures/samples.png", "reports/figures/class_counts.png",
         "reports/figures/curves.png", "reports/figures/confusion.png", "reports/figures/wrong.png",
-        "reports/figures/per_class.png",
+        "reports/figures/per_class.png", "reports/figures/reliability.png", "plots/reliability.csv",
     ]
     missing = [p for p in expected if not (repo / p).is_file()]
     assert not missing
     assert not (repo / "models/resume.pt").exists(), "a finished run leaves no resume checkpoint"
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_raw"] <= 1
+    temperature = json.loads((repo / "metrics/train.json").read_text())["temperature"]
+    assert temperature > 0 and torch.load(repo / "models/model.pt")["temperature"] == temperature
     history = (repo / "plots/train.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,train_acc,val_loss,val_acc" and len(history) == 4
     report = (repo / "reports/report.md").read_text()

@@ -19,11 +19,14 @@ from .models import build_model
 MODEL_FORMAT = "mnistpipe-model/1"
 
 
-def save_model(path: Path, model: nn.Module, spec: dict[str, Any], mean: float, std: float) -> None:
+def save_model(path: Path, model: nn.Module, spec: dict[str, Any], mean: float, std: float,
+               temperature: float = 1.0) -> None:
+    """`temperature`: divide the logits by it for calibrated probabilities (calibration.py)."""
     save_torch(path, {
         "format": MODEL_FORMAT,
         "spec": spec,
         "normalization": {"mean": mean, "std": std},
+        "temperature": temperature,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     })
 

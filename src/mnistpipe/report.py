@@ -100,8 +100,32 @@ def per_class_accuracy(cm: np.ndarray, path: Path, dpi: int) -> None:
     _save(fig, path, dpi)
 
 
+def reliability_diagram(rows: list[dict[str, str]], ece: dict[str, float], path: Path, dpi: int) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling (a
+    calibrated model's bars reach the diagonal), over how many test images each bin holds."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = float(rows[0]["high"]) - float(rows[0]["low"])
+    for col, name in enumerate(("raw", "calibrated")):
+        filled = [r for r in rows if int(r[f"count_{name}"])]
+        low = [float(r["low"]) for r in filled]
+        top, bottom = axes[0, col], axes[1, col]
+        top.bar(low, [float(r[f"accuracy_{name}"]) for r in filled], width, align="edge",
+                edgecolor="black", label="accuracy")
+        top.plot([x + width / 2 for x in low], [float(r[f"confidence_{name}"]) for r in filled], "o",
+                 color="tab:red", markersize=4, label="mean confidence")
+        top.plot([0, 1], [0, 1], "k--", linewidth=1)
+        top.set(xlim=(0, 1), ylim=(0, 1), title=f"{'softmax' if name == 'raw' else 'temperature-scaled'}: "
+                                                 f"ECE {ece[name]:.2%}")
+        bottom.bar(low, [int(r[f"count_{name}"]) for r in filled], width, align="edge", color="gray")
+        bottom.set(yscale="log", xlabel="confidence (top class)")
+    axes[0, 0].set_ylabel("accuracy")
+    axes[1, 0].set_ylabel("test images")
+    axes[0, 0].legend(loc="upper left")
+    _save(fig, path, dpi)
+
+
 def wrong_gallery(test: Split, predictions: list[dict[str, str]], n: int, path: Path, dpi: int) -> int:
-    """The n most confidently wrong test digits; returns how many were shown."""
+    """The n most confidently wrong test digits, by calibrated probability; returns how many."""
     wrong = [r for r in predictions if r["actual"] != r["predicted"]]
     wrong.sort(key=lambda r: (-float(r["confidence"]), int(r["index"])))
     wrong = wrong[:n]
@@ -147,7 +171,11 @@ def markdown(ctx: dict[str, Any]) -> str:
               "| class | precision | recall | F1 |", "|---|---|---|---|"]
     lines += [f"| {m['class']} | {float(m['precision']):.4f} | {float(m['recall']):.4f} | {float(m['f1']):.4f} |"
               for m in ctx["per_class"]]
-    lines += ["", "## Most confidently wrong test digits", ""]
+    lines += ["", "## Calibration", "",
+              f"Probabilities are temperature-scaled (T = {tr['temperature']:.3f}, fitted on the validation "
+              f"split): expected calibration error on the test set {ev['ece_raw']:.2%} before, "
+              f"{ev['ece']:.2%} after (15 bins).", "", "![reliability diagram](figures/reliability.png)", ""]
+    lines += ["## Most confidently wrong test digits", ""]
     lines += ["![confidently wrong](figures/wrong.png)" if ctx["n_wrong"] else "No test digit was misclassified.", ""]
     lines += ["## Model", "", f"{describe(spec)}: **{ctx['parameters']:,} trainable parameters**.", "",
               "| layer | output shape | parameters |", "|---|---|---|"]
