@@ -11,7 +11,7 @@ from conftest import synthetic_digits, tiny_params_raw
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
-from mnistpipe.train import data_digest, fingerprint, make_augment, run_training
+from mnistpipe.train import data_digest, fingerprint, make_augment, run_training, train_epoch
 
 CPU = torch.device("cpu")
 QUIET = lambda line: None  # noqa: E731
@@ -69,6 +69,37 @@ def test_same_params_same_weights_and_history(data):
     assert a.history == b.history and equal_states(state(a.model), state(b.model))
     c = train(dataclasses.replace(params(epochs=2), seed=7), data)
     assert not equal_states(state(a.model), state(c.model)), "the seed must matter"
+
+
+def test_batch_order_comes_from_the_seed(data, monkeypatch):
+    """Two seeds must differ in batch order too, not only in their initial weights."""
+    import mnistpipe.train as train_module
+
+    first_orders = {}
+    original = train_module.train_epoch
+
+    def recording(model, optimizer, x, y, batch_size, generator, *args, **kw):
+        probe = torch.Generator().manual_seed(0)
+        probe.set_state(generator.get_state())
+        first_orders.setdefault(generator.initial_seed(), torch.randperm(len(y), generator=probe))
+        return original(model, optimizer, x, y, batch_size, generator, *args, **kw)
+
+    monkeypatch.setattr(train_module, "train_epoch", recording)
+    for seed in (42, 7):
+        train(dataclasses.replace(params(epochs=1), seed=seed), data)
+    assert sorted(first_orders) == [7, 42]
+    assert not torch.equal(first_orders[7], first_orders[42])
+
+
+def test_each_epoch_sees_every_sample_exactly_once():
+    n, batch_size = 50, 8  # a last, partial batch of 2
+    x, y = torch.arange(n, dtype=torch.float32)[:, None], torch.zeros(n, dtype=torch.long)
+    model = torch.nn.Linear(1, 10)
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.extend(inputs[0][:, 0].long().tolist()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_epoch(model, optimizer, x, y, batch_size, torch.Generator().manual_seed(0))
+    assert sorted(seen) == list(range(n))
 
 
 @pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "schedule": "onecycle", "augment": True, "lr": 0.01}])
