@@ -7,10 +7,11 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
+from mnistpipe.checkpoint import load_model
+from mnistpipe.data.prepared import load_split, normalize
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,13 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
     assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
     assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_raw"] <= 1
     temperature = json.loads((repo / "metrics/train.json").read_text())["temperature"]
-    assert temperature > 0 and torch.load(repo / "models/model.pt")["temperature"] == temperature
+    model, ckpt = load_model(repo / "models/model.pt")
+    assert temperature > 0 and ckpt["temperature"] == temperature
+    test = load_split(repo / "data/prepared", "test")  # predictions carry calibrated probabilities
+    logits = model(normalize(test.images[:5], ckpt["normalization"]["mean"], ckpt["normalization"]["std"]))
+    expected = (logits / temperature).softmax(1).max(1).values.tolist()
+    rows = (repo / "plots/predictions.csv").read_text().splitlines()[1:6]
+    assert [float(r.split(",")[3]) for r in rows] == pytest.approx(expected, abs=2e-6)
     history = (repo / "plots/train.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,train_acc,val_loss,val_acc" and len(history) == 4
     report = (repo / "reports/report.md").read_text()
