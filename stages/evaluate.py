@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from mnistpipe import paths  # noqa: E402
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
 from mnistpipe.calibration import expected_calibration_error, reliability_table  # noqa: E402
 from mnistpipe.checkpoint import load_model  # noqa: E402
@@ -22,7 +23,6 @@ from mnistpipe.errors import exit_on_user_error  # noqa: E402
 from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits  # noqa: E402
 from mnistpipe.numerics import machine_facts  # noqa: E402
 
-PREPARED, MODEL, SEED_MODELS = Path("data/prepared"), Path("models/model.pt"), Path("models/seeds")
 
 
 def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor, float]:
@@ -36,10 +36,10 @@ def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor
 def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
     """Test accuracy per training seed, the main model's and each extra one's
     (models/seeds/seed<N>.pt), with their mean ± std; just {"n": 1} without extra seeds."""
-    paths = sorted(SEED_MODELS.glob("seed*.pt"), key=lambda p: int(p.stem[4:])) if SEED_MODELS.is_dir() else []
     acc = {str(PARAMS.seed): main_accuracy}
-    acc |= {p.stem[4:]: round(loss_and_accuracy(test_logits(p, test, device, batch_size)[0],
-                                                test.labels.to(device))[1], 6) for p in paths}
+    acc |= {str(seed): round(loss_and_accuracy(test_logits(path, test, device, batch_size)[0],
+                                               test.labels.to(device))[1], 6)
+            for seed, path in paths.seed_models().items()}
     if len(acc) == 1:
         return {"n": 1}
     values = list(acc.values())
@@ -51,10 +51,10 @@ def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
 @exit_on_user_error
 def main() -> None:
     device = choose_device(PARAMS.evaluate.device, "evaluate.device")
-    test = load_split(PREPARED, "test")
+    test = load_split(paths.PREPARED, "test")
 
     t0 = time.perf_counter()
-    logits, temperature = test_logits(MODEL, test, device, PARAMS.evaluate.batch_size)
+    logits, temperature = test_logits(paths.MODEL, test, device, PARAMS.evaluate.batch_size)
     synchronize(device)
     seconds = time.perf_counter() - t0
 
@@ -63,15 +63,15 @@ def main() -> None:
     metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
                 "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
     confidence, predicted = calibrated.max(1)
-    write_json("metrics/eval.json", metrics)
-    write_csv("plots/per_class.csv", per_class)
-    write_csv("plots/reliability.csv", reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
-    write_json("metrics/seeds.json", seeds_summary(metrics["accuracy"], test, device, PARAMS.evaluate.batch_size))
-    write_csv("plots/predictions.csv", [
+    write_json(paths.EVAL_METRICS, metrics)
+    write_csv(paths.PER_CLASS, per_class)
+    write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
+    write_json(paths.SEEDS_METRICS, seeds_summary(metrics["accuracy"], test, device, PARAMS.evaluate.batch_size))
+    write_csv(paths.PREDICTIONS, [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
     ])
-    write_json("logs/evaluate.json", {"device": device.type, "device_name": device_name(device),
+    write_json(paths.EVAL_LOG, {"device": device.type, "device_name": device_name(device),
                                       **machine_facts(PARAMS.numerics), "images": len(test),
                                       "seconds": round(seconds, 4)})
     print(f"test accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "

@@ -1,11 +1,10 @@
 """report: figures and reports/report.md from the data, model, metrics and plots."""
 
 import json
-from pathlib import Path
 
 import torch
 
-from mnistpipe import report
+from mnistpipe import paths, report
 from mnistpipe.atomic import atomic_dir
 from mnistpipe.checkpoint import load_model
 from mnistpipe.data.prepared import SPLITS, load_meta, load_split
@@ -14,24 +13,23 @@ from mnistpipe.evaluate import confusion_matrix
 from mnistpipe.models import count_parameters, layer_table
 from mnistpipe.params import load_params
 
-PREPARED, MODEL, REPORTS = Path("data/prepared"), Path("models/model.pt"), Path("reports")
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_params()
     cfg = params.report
-    meta = load_meta(PREPARED)
-    splits = {name: load_split(PREPARED, name) for name in SPLITS}
-    model, ckpt = load_model(MODEL)
-    history = report.read_csv(Path("plots/train.csv"))
-    predictions = report.read_csv(Path("plots/predictions.csv"))
+    meta = load_meta(paths.PREPARED)
+    splits = {name: load_split(paths.PREPARED, name) for name in SPLITS}
+    model, ckpt = load_model(paths.MODEL)
+    history = report.read_csv(paths.HISTORY)
+    predictions = report.read_csv(paths.PREDICTIONS)
     actual = torch.tensor([int(r["actual"]) for r in predictions])
     predicted = torch.tensor([int(r["predicted"]) for r in predictions])
     cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
     parameters, layers = count_parameters(model), layer_table(model, tuple(ckpt["spec"]["image_shape"]))
 
-    with atomic_dir(REPORTS) as out:
+    with atomic_dir(paths.REPORTS) as out:
         figures = out / "figures"
         figures.mkdir()
         report.sample_grid(splits["train"], cfg.sample_grid, params.seed, figures / "samples.png", cfg.dpi)
@@ -39,16 +37,16 @@ def main() -> None:
         report.curves(history, figures / "curves.png", cfg.dpi)
         report.confusion_heatmap(cm, figures / "confusion.png", cfg.dpi)
         report.per_class_accuracy(cm, figures / "per_class.png", cfg.dpi)
-        evaluation = json.loads(Path("metrics/eval.json").read_text())
-        report.reliability_diagram(report.read_csv(Path("plots/reliability.csv")),
+        evaluation = json.loads(paths.EVAL_METRICS.read_text())
+        report.reliability_diagram(report.read_csv(paths.RELIABILITY),
                                    {"raw": evaluation["ece_raw"], "calibrated": evaluation["ece"]},
                                    figures / "reliability.png", cfg.dpi)
         n_wrong = report.wrong_gallery(splits["test"], predictions, cfg.n_wrong, figures / "wrong.png", cfg.dpi)
         (out / "report.md").write_text(report.markdown({
             "eval": evaluation,
-            "per_class": report.read_csv(Path("plots/per_class.csv")),
-            "train": json.loads(Path("metrics/train.json").read_text()),
-            "seeds": json.loads(Path("metrics/seeds.json").read_text()),
+            "per_class": report.read_csv(paths.PER_CLASS),
+            "train": json.loads(paths.TRAIN_METRICS.read_text()),
+            "seeds": json.loads(paths.SEEDS_METRICS.read_text()),
             "spec": ckpt["spec"], "sizes": meta.sizes, "counts": counts, "n_wrong": n_wrong,
             "parameters": parameters, "layers": layers, "mean": meta.mean, "std": meta.std,
         }))

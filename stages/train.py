@@ -8,62 +8,64 @@ from mnistpipe.numerics import pin_from_params
 PARAMS = pin_from_params()  # first: the math libraries read their code paths as they load
 
 import dataclasses  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
+from mnistpipe import paths  # noqa: E402
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
 from mnistpipe.calibration import fit_temperature  # noqa: E402
 from mnistpipe.checkpoint import save_model  # noqa: E402
 from mnistpipe.data.prepared import load_meta, load_split, normalize  # noqa: E402
-from mnistpipe.device import choose_device, device_name, peak_rss_mb  # noqa: E402
+from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb  # noqa: E402
 from mnistpipe.errors import exit_on_user_error  # noqa: E402
 from mnistpipe.evaluate import predict_logits  # noqa: E402
 from mnistpipe.models import count_parameters, model_spec  # noqa: E402
 from mnistpipe.numerics import machine_facts  # noqa: E402
-from mnistpipe.train import data_digest, fingerprint, run_training  # noqa: E402
+from mnistpipe.train import Resume, data_digest, run_fingerprint, run_training  # noqa: E402
 
-PREPARED = Path("data/prepared")
-MODEL, SEED_MODELS = Path("models/model.pt"), Path("models/seeds")
+
+
+def train_and_calibrate(seed: int, model_path: Path, prepared: dict[str, Any], device) -> tuple:
+    """Train with `seed` (resuming its checkpoint if a killed run left one), fit the
+    calibration temperature on the validation split, save the model; (result, temperature)."""
+    params = dataclasses.replace(PARAMS, seed=seed)
+    meta, spec, val = prepared["meta"], prepared["spec"], prepared["val"]
+    resume = Resume(paths.resume_checkpoint(None if seed == PARAMS.seed else seed),
+                    run_fingerprint(params, spec, prepared["data_sha"], device))
+    result = run_training(params, spec, meta, prepared["train"], val, device, resume)
+    x_val = normalize(val.images, meta.mean, meta.std, device)
+    logits = predict_logits(result.model, x_val, PARAMS.evaluate.batch_size)
+    temperature = fit_temperature(logits, val.labels)
+    save_model(model_path, result.model, spec, meta.mean, meta.std, temperature)
+    resume.path.unlink(missing_ok=True)  # finished: a later run must start fresh
+    return result, temperature
 
 
 @exit_on_user_error
 def main() -> None:
     t0 = time.perf_counter()
     device = choose_device(PARAMS.train.device)
-    meta = load_meta(PREPARED)
-    train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
-    spec = model_spec(PARAMS.model, meta.image_shape, meta.num_classes)
-    data = data_digest([PREPARED / f for f in ("train.pt", "val.pt", "meta.json")])
-
-    x_val = normalize(val.images, meta.mean, meta.std, device)
-
-    def train_with_seed(seed: int, resume: Path, path: Path):
-        """Train, fit the calibration temperature on the validation split, save to `path`."""
-        run_params = dataclasses.replace(PARAMS, seed=seed)
-        run_id = fingerprint(run_params, spec, data, device)
-        result = run_training(run_params, spec, meta, train, val, device, resume, run_id)
-        temperature = fit_temperature(predict_logits(result.model, x_val, 2048), val.labels)
-        save_model(path, result.model, spec, meta.mean, meta.std, temperature)
-        resume.unlink(missing_ok=True)  # finished: a later run must start fresh
-        return result, temperature
+    make_deterministic(device, PARAMS.train.tf32)
+    meta = load_meta(paths.PREPARED)
+    prepared = {"meta": meta, "train": load_split(paths.PREPARED, "train"), "val": load_split(paths.PREPARED, "val"),
+                "spec": model_spec(PARAMS.model, meta.image_shape, meta.num_classes),
+                "data_sha": data_digest([paths.PREPARED / f for f in ("train.pt", "val.pt", "meta.json")])}
 
     # The folder lists its seeds, so it is never empty (DVC warns about empty outputs).
-    write_json(SEED_MODELS / "seeds.json", {"seeds": PARAMS.multiseed.seeds})
+    write_json(paths.SEED_MODELS / "seeds.json", {"seeds": PARAMS.multiseed.seeds})
     for seed in PARAMS.multiseed.seeds:
-        print(f"extra seed {seed}:")
-        train_with_seed(seed, Path(f"models/resume-seed{seed}.pt"), SEED_MODELS / f"seed{seed}.pt")
+        print(f"extra seed {seed}:", file=sys.stderr)
+        train_and_calibrate(seed, paths.seed_model(seed), prepared, device)
 
-    result, temperature = train_with_seed(PARAMS.seed, Path("models/resume.pt"), MODEL)
-    last = result.history[-1]
-    write_json("metrics/train.json", {
-        "epochs": last.epoch, "train_loss": last.train_loss, "train_acc": last.train_acc,
-        "val_loss": last.val_loss, "val_acc": last.val_acc, "temperature": temperature,
-        "parameters": count_parameters(result.model),
-    })
-    write_csv("plots/train.csv", [asdict(r) for r in result.history])
+    result, temperature = train_and_calibrate(PARAMS.seed, paths.MODEL, prepared, device)
+    write_json(paths.TRAIN_METRICS, {**asdict(result.history[-1]), "temperature": temperature,
+                                     "parameters": count_parameters(result.model)})
+    write_csv(paths.HISTORY, [asdict(r) for r in result.history])
     # Facts that differ between machines or runs: read by people, not by DVC or git.
-    write_json("logs/train.json", {
+    write_json(paths.TRAIN_LOG, {
         "device": device.type, "device_name": device_name(device), **machine_facts(PARAMS.numerics),
         "resumed_after_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": [round(s, 3) for s in result.seconds_per_epoch],

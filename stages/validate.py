@@ -6,19 +6,16 @@ one's output, so DVC runs it first and stops here on any error. The output's con
 never changes, so a valid edit reruns only the stages whose params changed.
 """
 
-from pathlib import Path
-
+from mnistpipe import paths
 from mnistpipe.atomic import write_text
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.params import load_params
-
-VALID = Path("logs/params_valid.txt")
 
 
 @exit_on_user_error
 def main() -> None:
     load_params()
-    write_text(VALID, "params.yaml is valid\n")
+    write_text(paths.PARAMS_VALID, "params.yaml is valid\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,17 @@ from mnistpipe.data.idx import write_idx_gz
 from mnistpipe.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deterministic_torch():
+    """What the train stage sets at its entry point, set once for in-process tests."""
+    import torch
+
+    from mnistpipe.device import make_deterministic
+
+    make_deterministic(torch.device("cpu"))
+
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",

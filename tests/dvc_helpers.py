@@ -64,7 +64,9 @@ def make_repo(base: Path, **overrides: dict) -> tuple[Path, dict]:
     for section, values in overrides.items():
         raw[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, **GIT_ENV, "MNISTPIPE_MIRROR": str(mirror),
+    # PYTHONPATH: stages import the repo's copy of the package, not the editable install's
+    # live source, which may change while a test runs.
+    env = {**os.environ, **GIT_ENV, "MNISTPIPE_MIRROR": str(mirror), "PYTHONPATH": str(repo / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run(["git", "init", "-q", "-b", "main"], repo, env)
     dvc(repo, env, "init", "-q", "--force")

@@ -148,18 +148,43 @@ def test_truncated_model(tmp_path, keep):
     assert "not a loadable model checkpoint" in message
 
 
-def test_empty_file(tmp_path):
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"")
-    assert "not a loadable" in load_error(path)
-
-
-@pytest.mark.parametrize("content", [b"this is not a model\n", b"\x89PNG\r\n\x1a\n" + bytes(200),
-                                     b"PK\x03\x04" + bytes(64)])
-def test_not_a_torch_file(tmp_path, content):
+@pytest.mark.parametrize("content, why", [
+    (b"", "the file is empty"),
+    (b"epoch,train_loss,val_loss\n1,0.31,0.18\n", "it is a text file"),  # plots/train.csv
+    (b"\x89PNG\r\n\x1a\n" + bytes(200), "it is another binary format"),
+])
+def test_not_a_torch_file(tmp_path, content, why):
+    """Said before torch.load, whose errors for these ("pop from empty list") mean nothing to a user."""
     path = tmp_path / "model.pt"
     path.write_bytes(content)
+    message = load_error(path)
+    assert f"not a PyTorch checkpoint ({why}" in message
+    assert message.endswith("expected a model file written by the train stage, such as models/model.pt")
+
+
+def test_a_zip_that_is_not_a_torch_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04" + bytes(64))
     assert "not a loadable model checkpoint" in load_error(path)
+
+
+def test_directory_is_not_a_model(tmp_path):
+    assert "a directory, not a model checkpoint" in load_error(tmp_path)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.5, float("nan"), float("inf"), "1.5", True, None])
+def test_bad_temperature(tmp_path, temperature):
+    path, _ = saved(tmp_path)
+    torch.save({**torch.load(path, weights_only=True), "temperature": temperature}, path)
+    assert "temperature must be a positive number" in load_error(path)
+
+
+@pytest.mark.parametrize("temperature", [1.7, 2, None])
+def test_temperature_is_optional(tmp_path, temperature):
+    path, _ = saved(tmp_path)
+    ckpt = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "temperature"}
+    torch.save(ckpt if temperature is None else {**ckpt, "temperature": temperature}, path)
+    assert load_model(path)[1].get("temperature") == temperature
 
 
 def test_other_architecture(tmp_path):
@@ -261,5 +286,6 @@ def test_malicious_pickle_is_refused(tmp_path, where):
         "state_dict": make_model([8]).state_dict()}
     torch.save(obj, path)
     message = load_error(path)
-    assert "not a loadable model checkpoint" in message
+    assert "not a loadable model checkpoint" in message and "GLOBAL exec" in message
+    assert "safe_globals" not in message and "weights_only" not in message  # not torch's how-to-run-it
     assert not marker.exists()

@@ -89,3 +89,19 @@ def test_closure_follows_relative_lazy_and_package_imports():
     assert "src/mnistpipe/predict.py" not in closure
     # numerics.pin_from_params imports .errors inside the function body
     assert "src/mnistpipe/errors.py" in import_closure(SRC / "mnistpipe/numerics.py")
+
+
+def test_paths_module_and_dvc_yaml_name_the_same_files():
+    """src/mnistpipe/paths.py is where the code takes its paths from; dvc.yaml spells them out."""
+    from mnistpipe import paths
+
+    in_code = {str(v) for v in vars(paths).values() if isinstance(v, Path)}
+    in_dvc = set()
+    for spec in stages().values():
+        for key in ("deps", "outs", "metrics"):
+            for entry in spec.get(key, []):
+                name = entry if isinstance(entry, str) else next(iter(entry))
+                if not name.endswith(".py"):
+                    in_dvc.add(name)
+    logs = {str(paths.TRAIN_LOG), str(paths.EVAL_LOG)}  # machine facts: outside DVC on purpose
+    assert in_dvc == in_code - logs

@@ -22,6 +22,7 @@ HOSTILE = {
     "1 thread": {"OMP_NUM_THREADS": "1"},
     "2 threads": {"OMP_NUM_THREADS": "2"},
     "3 threads": {"OMP_NUM_THREADS": "3"},
+    "budget of 1 thread": {"MNISTPIPE_THREADS": "1"},
     "AVX-512 everywhere": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO",
                            "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "ALL"},
     "no vector units": {"ATEN_CPU_CAPABILITY": "default", "MKL_DEBUG_CPU_TYPE": "5",
@@ -79,13 +80,14 @@ def test_mlp_same_bytes_for_any_thread_count_and_environment(prepared, tmp_path)
     log = json.loads(runs["AVX-512 everywhere"]["log"])
     assert (log["numerics"], log["threads"], log["mkl_cbwr"], log["onednn_enabled"]) == \
         ("portable", 2, "COMPATIBLE", False)
+    assert json.loads(runs["budget of 1 thread"]["log"])["threads"] == 1
 
 
 def test_cnn_same_bytes_for_any_thread_count(prepared, tmp_path):
     cnn = {"model__arch": "cnn", "train__epochs": 2, "train__batch_size": 64,
            "train__schedule": "onecycle", "train__lr": 0.003}
     runs = {name: train_and_evaluate(prepared, tmp_path / name.replace(" ", "_"), HOSTILE[name], **cnn)
-            for name in ("1 thread", "3 threads", "AVX-512 everywhere")}
+            for name in ("1 thread", "3 threads", "budget of 1 thread", "AVX-512 everywhere")}
     assert_same_outputs(runs)
 
 
@@ -96,6 +98,13 @@ def test_fast_mode_lets_the_environment_choose(prepared, tmp_path):
     log = json.loads(outputs["log"])
     assert (log["numerics"], log["threads"], log["aten_cpu_capability"]) == ("fast", 1, "DEFAULT")
     assert log["onednn_enabled"] is True
+
+
+def test_thread_budget_must_be_a_positive_number(prepared, tmp_path):
+    repo, env = prepared
+    bad = subprocess.run([sys.executable, "stages/train.py"], cwd=repo, capture_output=True, text=True,
+                         env=clean_env(env, MNISTPIPE_THREADS="two"))
+    assert bad.returncode == 2 and "MNISTPIPE_THREADS='two'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_pin_refuses_to_run_after_torch_is_loaded():

@@ -11,7 +11,7 @@ from conftest import synthetic_digits, tiny_params_raw
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
-from mnistpipe.train import data_digest, fingerprint, make_augment, run_training, train_epoch
+from mnistpipe.train import Resume, data_digest, make_augment, run_fingerprint, run_training, train_epoch
 
 CPU = torch.device("cpu")
 QUIET = lambda line: None  # noqa: E731
@@ -106,11 +106,11 @@ def test_each_epoch_sees_every_sample_exactly_once():
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
     p = params(epochs=3, **kw)
     resume = tmp_path / "resume.pt"
-    full = train(p, data, resume_path=resume, run_id="run-a")
+    full = train(p, data, resume=Resume(resume, "run-a"))
     assert resume.exists()  # the checkpoint after epoch 2 (the stage deletes it when done)
 
     lines = []
-    resumed = train(p, data, resume_path=resume, run_id="run-a", log=lines.append)
+    resumed = train(p, data, resume=Resume(resume, "run-a"), log=lines.append)
     assert resumed.resumed_from_epoch == 2 and any("resuming" in line for line in lines)
     assert resumed.history == full.history
     assert equal_states(state(resumed.model), state(full.model))
@@ -119,9 +119,9 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
 def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
     p = params(epochs=2)
     resume = tmp_path / "resume.pt"
-    train(p, data, resume_path=resume, run_id="run-a")
+    train(p, data, resume=Resume(resume, "run-a"))
     lines = []
-    fresh = train(p, data, resume_path=resume, run_id="run-b", log=lines.append)
+    fresh = train(p, data, resume=Resume(resume, "run-b"), log=lines.append)
     assert fresh.resumed_from_epoch == 0 and any("starting fresh" in line for line in lines)
 
 
@@ -131,14 +131,14 @@ def test_fingerprint_changes_with_params_data_and_device(data, tmp_path):
     digest = data_digest(files)
     p = params(epochs=2)
     spec = model_spec(p.model, (28, 28), 10)
-    base = fingerprint(p, spec, digest, CPU)
-    assert fingerprint(p, spec, digest, CPU) == base
-    assert fingerprint(params(epochs=3), spec, digest, CPU) != base
-    assert fingerprint(dataclasses.replace(p, seed=1), spec, digest, CPU) != base
-    assert fingerprint(p, spec, digest, torch.device("meta")) != base
+    base = run_fingerprint(p, spec, digest, CPU)
+    assert run_fingerprint(p, spec, digest, CPU) == base
+    assert run_fingerprint(params(epochs=3), spec, digest, CPU) != base
+    assert run_fingerprint(dataclasses.replace(p, seed=1), spec, digest, CPU) != base
+    assert run_fingerprint(p, spec, digest, torch.device("meta")) != base
     files[0].write_bytes(b"other data")
     assert data_digest(files) != digest
-    assert fingerprint(p, spec, data_digest(files), CPU) != base
+    assert run_fingerprint(p, spec, data_digest(files), CPU) != base
 
 
 def test_augment_moves_digits_but_keeps_background(data):

@@ -6,6 +6,7 @@ crafted pickle cannot run anything, and the content is checked before use.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .errors import UserError
 from .models import build_model
 
 MODEL_FORMAT = "mnistpipe-model/1"
+MODEL_HINT = "a model file written by the train stage, such as models/model.pt"
 
 
 def save_model(path: Path, model: nn.Module, spec: dict[str, Any], mean: float, std: float,
@@ -31,31 +33,60 @@ def save_model(path: Path, model: nn.Module, spec: dict[str, Any], mean: float, 
     })
 
 
-def load_file(path: Path, what: str) -> dict[str, Any]:
-    """torch.load with weights_only=True and clear errors for missing/foreign/unsafe files."""
+def _not_torch(head: bytes) -> str | None:
+    """Why a file that starts with `head` cannot be a torch.save file, or None if it might be one."""
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # a zip archive (torch >= 1.6) or a pickle
+        return None
+    if not head:
+        return "the file is empty"
+    if all(byte >= 32 or byte in b"\t\n\r" for byte in head):  # no control characters
+        return "it is a text file"
+    return "it is another binary format"
+
+
+def load_file(path: Path, what: str, expected: str = "") -> dict[str, Any]:
+    """torch.load with weights_only=True and clear errors for missing/foreign/unsafe files.
+
+    `expected` describes the right file, for the errors (e.g. "a model file such as models/model.pt")."""
     path = Path(path)
+    instead = f"; expected {expected or 'a ' + what}"
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise UserError(f"{path}: a directory, not a {what}{instead}")
+    with open(path, "rb") as f:
+        why = _not_torch(f.read(64))
+    if why:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({why}){instead}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        # torch's weights-only refusal is a long advice text (how to allow the code to run!);
+        # only the cause it names, the first sentence after "WeightsUnpickler error:", is shown
+        cause = text.split("WeightsUnpickler error:")[-1].strip()
+        first = (cause.splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise UserError(f"{path}: not a loadable {what} (truncated, corrupt, or it holds code, "
                         f"which is refused): {first}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: not a mnistpipe {what}")
+        raise UserError(f"{path}: not a mnistpipe {what}{instead if expected else ''}")
     return data
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model in eval mode; returns (model, checkpoint dict)."""
-    ckpt = load_file(path, "model checkpoint")
+    ckpt = load_file(path, "model checkpoint", MODEL_HINT)
     if ckpt.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: not a mnistpipe model (format {ckpt.get('format')!r}, "
                         f"expected {MODEL_FORMAT!r}); train one with `dvc repro train`")
     norm = ckpt.get("normalization")
     if not (isinstance(norm, dict) and all(isinstance(norm.get(k), float) for k in ("mean", "std"))):
         raise UserError(f"{path}: checkpoint lacks its normalization constants; retrain it")
+    temperature = ckpt.get("temperature", 1.0)  # calibration (logits / T); absent in older files
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"{path}: calibration temperature must be a positive number, "
+                        f"not {temperature!r}; recalibrate or retrain it")
     try:
         model = build_model(ckpt["spec"])
         model.load_state_dict(ckpt["state_dict"])

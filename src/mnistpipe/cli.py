@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from .errors import exit_on_user_error
+from .errors import UserError, exit_on_user_error
+
+DEFAULT_MODEL = "models/model.pt"
+
+
+def model_file(path: str) -> Path:
+    """The --model file; the default is relative to the project root, so a missing one gets a hint."""
+    if not Path(path).exists():
+        raise UserError(f"{path}: model checkpoint not found; run mnistpipe from the project's root "
+                        f"after `dvc repro` (which trains {DEFAULT_MODEL}), or pass --model PATH")
+    return Path(path)
+
+
+def package_version() -> str:
+    try:
+        return version("mnistpipe")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -14,12 +33,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .models import count_parameters, describe
 
-    model, ckpt = load_model(args.model)
+    model, ckpt = load_model(model_file(args.model))
     print(f"model: {args.model}")
     print(f"architecture: {describe(ckpt['spec'])}")
     print(f"parameters: {count_parameters(model):,}")
     norm = ckpt["normalization"]
     print(f"normalization: mean {norm['mean']:.4f}, std {norm['std']:.4f}")
+    if "temperature" in ckpt:
+        print(f"calibration temperature: {ckpt['temperature']:.4f} (probabilities from logits / T)")
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
     return 0
 
@@ -27,13 +48,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files, print_results
 
-    return print_results(predict_files(args.paths, args.model, top=args.top), as_json=args.json)
+    return print_results(predict_files(args.paths, model_file(args.model), top=args.top), as_json=args.json)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    result = export_model(args.model, args.format, args.output)
+    result = export_model(model_file(args.model), args.format, args.output)
     check = ("not verified (install onnxruntime to check it)" if result.max_diff is None
              else f"verified against PyTorch: max |logit diff| {result.max_diff:.2e}")
     print(f"wrote {result.path} ({result.format}, {result.size:,} bytes); {check}")
@@ -54,16 +75,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a trained model")
-    info.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    info.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (default: %(default)s)")
     info.set_defaults(func=cmd_info)
 
     predict = sub.add_parser("predict", help="read the digit in your own image files")
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="image files (.png .jpg .jpeg .bmp .gif .webp) or directories of them")
-    predict.add_argument("--model", default="models/model.pt",
+    predict.add_argument("--model", default=DEFAULT_MODEL,
                          help="checkpoint (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.add_argument("--top", type=int, default=3, metavar="K",
@@ -71,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a trained model to ONNX or a torch.export archive")
-    export.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    export.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (default: %(default)s)")
     export.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
                         help="onnx (any ONNX runtime) or pt2 (torch.export archive) (default: %(default)s)")
     export.add_argument("--output", metavar="PATH",

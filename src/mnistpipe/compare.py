@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import paths
 from .errors import UserError
 from .evaluate import wilson_interval
 
-PREDICTIONS, SEEDS = "plots/predictions.csv", "metrics/seeds.json"
 RESAMPLES = 10_000
 
 
@@ -61,11 +61,11 @@ def _read(path: str, rev: str | None) -> str | None:
 
 def load_run(rev: str | None) -> Run:
     name = rev or "workspace"
-    text = _read(PREDICTIONS, rev)
+    text = _read(str(paths.PREDICTIONS), rev)
     if text is None:
-        raise UserError(f"{name}: no {PREDICTIONS}; run the evaluate stage there (dvc repro evaluate)")
+        raise UserError(f"{name}: no {paths.PREDICTIONS}; run the evaluate stage there (dvc repro evaluate)")
     table = pd.read_csv(io.StringIO(text))
-    seeds = json.loads(_read(SEEDS, rev) or "{}")
+    seeds = json.loads(_read(str(paths.SEEDS_METRICS), rev) or "{}")
     return Run(name, table["actual"].to_numpy(), table["predicted"].to_numpy(),
                list((seeds.get("test_acc") or {}).values()))
 

@@ -4,18 +4,17 @@
 with AVX2, Intel or AMD, whatever the core count or the user's environment:
 
 - ATen (PyTorch's own kernels) runs its AVX2 build, not AVX-512 where the CPU has it;
-- large float32 matrix products (a Linear layer's, forward and backward, from 2^20
-  multiply-adds) run on oneDNN's AVX2 kernels, which for reductions of up to 1,024 terms
-  compute each output as one fused multiply-add chain in index order: a result defined
-  by the math, not by the CPU's cache sizes or thread count (tests/test_numerics.py
-  checks it against that chain);
-- MKL, for what remains (smaller products, the CNN's convolutions), runs its COMPATIBLE
-  branch, the one code path it keeps on every vendor's CPU (other branches are honoured
-  only on Intel);
+- float32 matrix products (every Linear layer's, forward and backward) run on oneDNN's
+  AVX2 kernels, which for reductions of up to 1,024 terms compute each output as one
+  fused multiply-add chain in index order: a result defined by the math, not by the
+  CPU's cache sizes or thread count (tests/test_numerics.py checks it against that chain);
+- MKL, for what remains (the CNN's convolutions), runs its COMPATIBLE branch, the one
+  code path it keeps on every vendor's CPU (other branches are honoured only on Intel);
 - oneDNN's JIT is capped at AVX2 and its convolutions are switched off (their sums
   are split by thread), so convolutions run as ATen's im2col + MKL GEMM;
-- exactly THREADS intra-op threads: MKL's COMPATIBLE GEMM and ATen's parallel
-  reductions split their sums by thread count (3 threads gave other bits than 1 or 2).
+- exactly THREADS intra-op threads (or 1, under a thread budget): MKL's COMPATIBLE GEMM
+  and ATen's parallel reductions split their sums by thread count (3 threads gave other
+  bits than 1 or 2).
 
 Every setting that could steer those libraries elsewhere (ATEN_CPU_CAPABILITY,
 MKL_*, ONEDNN_*, DNNL_*, OMP_NUM_THREADS) is overridden. They are read once, when the
@@ -38,6 +37,10 @@ if TYPE_CHECKING:
 
 MODES = ("portable", "fast")
 THREADS = 2
+# A per-process thread budget, e.g. `MNISTPIPE_THREADS=1 dvc queue start -j 2` on 2 cores, so
+# parallel workers do not oversubscribe the cores. Portable honours 1 (the same bits as 2,
+# tested); a larger budget stays at THREADS, since 3 threads give other bits.
+BUDGET_ENV = "MNISTPIPE_THREADS"
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "COMPATIBLE",
@@ -47,22 +50,37 @@ PORTABLE_ENV = {
 OVERRIDDEN_PREFIXES = ("MKL_", "ONEDNN_", "DNNL_")
 
 
+def thread_budget(mode: str) -> int | None:
+    """Intra-op threads for `mode` under $MNISTPIPE_THREADS; None: the libraries choose."""
+    from .errors import UserError
+
+    raw = os.environ.get(BUDGET_ENV)
+    if raw is None:
+        return THREADS if mode == "portable" else None
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"{BUDGET_ENV}={raw!r}: expected a whole number of threads, at least 1")
+    return min(int(raw), THREADS) if mode == "portable" else int(raw)
+
+
 def pin(mode: str) -> None:
     """Put the math libraries on `mode`'s code paths. Call before torch is imported."""
     if mode not in MODES:
         raise ValueError(f"unknown numerics mode {mode!r}")
+    threads = thread_budget(mode)
     if mode == "fast":
+        if threads is not None:
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # read as torch loads
         return
     if "torch" in sys.modules:
         raise RuntimeError("numerics.pin() must run before torch is imported: "
                            "MKL and ATen read their settings when they load")
     for key in [k for k in os.environ if k.startswith(OVERRIDDEN_PREFIXES)]:
         del os.environ[key]
-    os.environ.update(PORTABLE_ENV)
+    os.environ.update(PORTABLE_ENV, OMP_NUM_THREADS=str(threads))
 
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = False
     _route_matmuls_to_onednn(torch)
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
@@ -72,33 +90,30 @@ def pin(mode: str) -> None:
 
 
 _matmul_overrides = None  # the registration lives as long as this object
-# Products below this many multiply-adds stay on MKL: oneDNN's fixed cost per call (about
-# 10 us through torch) is more than such a product takes.
-ONEDNN_MIN_MACS = 1 << 20
 
 
 def _route_matmuls_to_onednn(torch) -> None:
-    """Give ATen's large float32 CPU products (`mm`, `addmm`) to oneDNN's AVX2 matmul.
+    """Give ATen's float32 CPU matrix products (`mm`, `addmm`) to oneDNN's AVX2 matmul.
 
-    MKL's COMPATIBLE branch is SSE-era: it took 2.4x as long as oneDNN on the MLP's first
-    layer. Autograd's formulas call `mm` too, so backward passes take the same path.
+    MKL's COMPATIBLE branch is SSE-era (2.4x slower on the MLP's first layer) and, for
+    small products such as a batch times a 10-class layer, gives other bits with 1 thread
+    than with 2. Autograd's formulas call `mm` too, so backward passes take the same path.
     """
     global _matmul_overrides
     linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if _matmul_overrides is not None or linear is None or not torch.backends.mkldnn.is_available():
         return
 
-    def large(a, b) -> bool:
-        return (a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2
-                and a.shape[0] * a.shape[1] * b.shape[1] >= ONEDNN_MIN_MACS)
+    def handled(a, b) -> bool:
+        return a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2 and a.numel() and b.numel()
 
     def mm(a, b):  # oneDNN's linear computes input @ weight.T
-        if large(a, b):
+        if handled(a, b):
             return linear.default(a, b.t(), None, "none", [], "")
         return torch.mm(a, b, out=a.new_empty(a.shape[0], b.shape[1]))  # mm.out: ATen's own kernel
 
     def addmm(bias, a, b, *, beta=1, alpha=1):
-        if large(a, b) and beta == alpha == 1 and bias.shape == (b.shape[1],) and bias.dtype == a.dtype:
+        if handled(a, b) and beta == alpha == 1 and bias.shape == (b.shape[1],) and bias.dtype == a.dtype:
             return linear.default(a, b.t(), bias, "none", [], "")  # the chain, then + bias
         return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=a.new_empty(a.shape[0], b.shape[1]))
 
@@ -122,7 +137,7 @@ def pin_from_params(path: str = "params.yaml") -> Params:
     from .params import load_params
 
     params = exit_on_user_error(load_params)(path)
-    pin(params.numerics)
+    exit_on_user_error(pin)(params.numerics)
     return params
 
 

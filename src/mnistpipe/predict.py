@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .checkpoint import load_model
 from .data.prepared import normalize
@@ -24,6 +24,14 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_IMAGE_PIXELS = 40_000_000  # a larger image is refused as a possible decompression bomb
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale, in grayscale (libjpeg's DCT scaling, Pillow's
+# draft mode): a 200 MP phone photo (16320x12240) becomes 2040x1530 pixels in ~0.4 s and
+# ~10 MB. Decoding time still grows with the full size, and so does memory for progressive
+# JPEGs (libjpeg keeps all their DCT coefficients: 0.6 GB and ~1.8 s at 200 MP with 4:2:0
+# chroma; benchmarks/predict_photo.py). Hence a cap for JPEGs too, a bit above the largest
+# phone sensors, whose worst case (progressive, no chroma subsampling) needs 1.5 GB; a JPEG
+# header can claim up to 65535x65535 pixels.
+MAX_JPEG_PIXELS = 250_000_000
 WORK_SIZE = 1024     # larger images are first shrunk to this longer side (the digit ends up 20 px)
 MIN_CONTRAST = 32    # ink must stand out from the background by this much (of 255), else "blank"
 INK_THRESHOLD = 0.25  # of the peak ink level (after a light blur): what counts as ink for the box
@@ -36,17 +44,28 @@ class ImageError(Exception):
 
 
 def load_image(path: Path) -> Image.Image:
-    """Decode one image file with Pillow's decompression-bomb limit; EXIF orientation applied."""
+    """Decode one image file within the pixel limits; JPEGs at reduced size; EXIF orientation applied."""
     saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # read here, so tests can lower the constant
+    # Pillow's own check (at open) with the larger limit; the per-format limit is checked below.
+    Image.MAX_IMAGE_PIXELS = max(MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS)  # read here, so tests can lower them
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the image may still be fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                jpeg = isinstance(image, JpegImagePlugin.JpegImageFile)  # MPO (phone photos) too
+                pixels, limit = image.width * image.height, MAX_JPEG_PIXELS if jpeg else MAX_IMAGE_PIXELS
+                if pixels > limit:
+                    raise ImageError(f"image too large ({pixels:,} pixels, over {limit:,}), refused as a "
+                                     "possible decompression bomb")
+                if jpeg:  # grayscale, scaled by 1/2, 1/4 or 1/8 while staying >= WORK_SIZE a side
+                    image.draft("L", (WORK_SIZE, WORK_SIZE))
                 image.load()
                 return ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large (over {MAX_IMAGE_PIXELS:,} pixels), refused as a "
+        raise ImageError(f"image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels), refused as a "
                          "possible decompression bomb") from None
     except UnidentifiedImageError:
         raise ImageError("not an image file Pillow can read (empty, or another format)") from None
@@ -59,13 +78,21 @@ def load_image(path: Path) -> Image.Image:
 
 
 def _grayscale(image: Image.Image) -> Image.Image:
-    """Mode L, transparency flattened onto white, 16-bit scaled to 8-bit."""
+    """Mode L: transparency flattened onto white, 16-bit scaled to 8-bit, floats in 0..1 to 0..255."""
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
-    elif image.mode.startswith("I"):  # 16-bit PNG
-        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
-    return image.convert("L")
+    elif image.mode.startswith("I"):  # 16-bit PNG or TIFF (mode I;16, or I in older Pillows)
+        x = np.asarray(image, dtype=np.float64) / 257
+        return Image.fromarray(x.clip(0, 255).round().astype(np.uint8))
+    elif image.mode == "F":  # floating-point TIFF: 0..1 or 0..255 (convert clips, NaN -> 0)
+        x = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if x.min() >= 0 and x.max() <= 1:
+            image = Image.fromarray((x * 255).round().astype(np.uint8))
+    try:
+        return image.convert("L")
+    except ValueError as exc:  # e.g. LAB or HSV images Pillow cannot convert to grayscale
+        raise ImageError(f"unsupported image mode {image.mode} ({exc})") from None
 
 
 def _border(a: np.ndarray) -> np.ndarray:
@@ -74,6 +101,8 @@ def _border(a: np.ndarray) -> np.ndarray:
 
 def _box(mask: np.ndarray) -> tuple[slice, slice]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        raise ImageError("no digit found: no ink stands out from the paper")
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
@@ -123,11 +152,14 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     ink = ink[_box(ink > 0.05)]
 
     # A thin pen (a ballpoint photographed large) leaves far thinner strokes than MNIST's:
-    # thicken them, at 4x the final size, to MNIST's typical width.
-    if _stroke_width(ink) * BOX / max(ink.shape) < 0.75 * STROKE:
-        ink = _fit(ink, 4 * BOX)
-        k = 2 * round((4 * STROKE - _stroke_width(ink)) / 2) + 1  # dilation adds k - 1
-        ink = np.asarray(Image.fromarray(np.pad(ink, k // 2)).filter(ImageFilter.MaxFilter(k)))
+    # thicken them, at 4x the final size, to MNIST's typical width. The width is measured
+    # once, at that size: at full size, noise frays the edges of blurred strokes and makes
+    # thick ones look thin (a blurry "0" once got a negative dilation size from two measurements).
+    large = _fit(ink, 4 * BOX)
+    width = _stroke_width(large)
+    if width < 0.75 * 4 * STROKE:
+        k = 2 * round((4 * STROKE - width) / 2) + 1  # odd, at least 3 here; dilation adds k - 1
+        ink = np.asarray(Image.fromarray(np.pad(large, k // 2)).filter(ImageFilter.MaxFilter(k)))
 
     digit = _fit(ink, BOX)  # longer side 20 px, aspect kept
     digit /= digit.max()  # MNIST's strokes reach full brightness
@@ -170,10 +202,14 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
             results.append({"path": str(path)})
         except ImageError as exc:
             results.append({"path": str(path), "error": str(exc)})
+        except Exception as exc:  # a bug on one odd image must not cost the other files their digits
+            results.append({"path": str(path), "error": f"could not read a digit: {type(exc).__name__}: {exc}"})
     if images:
         norm = ckpt["normalization"]
+        temperature = ckpt.get("temperature", 1.0)  # calibration; older checkpoints have none
         with torch.inference_mode():
-            probs = model(normalize(torch.stack(images), norm["mean"], norm["std"])).softmax(1)
+            logits = model(normalize(torch.stack(images), norm["mean"], norm["std"]))
+            probs = (logits / temperature).softmax(1)
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
         good = (r for r in results if "error" not in r)
         for result, v, d in zip(good, values.tolist(), digits.tolist()):

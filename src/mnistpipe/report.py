@@ -148,7 +148,7 @@ def markdown(ctx: dict[str, Any]) -> str:
     ev, tr, spec = ctx["eval"], ctx["train"], ctx["spec"]
     lines = [
         "# mnistpipe report", "",
-        f"Model **{describe(spec)}**, trained {tr['epochs']} epochs on {ctx['sizes']['train']:,} images "
+        f"Model **{describe(spec)}**, trained {tr['epoch']} epochs on {ctx['sizes']['train']:,} images "
         f"(validation {ctx['sizes']['val']:,}), evaluated on {ctx['sizes']['test']:,} test images.", "",
         "## Results", "",
         "| metric | value |", "|---|---|",

@@ -25,7 +25,8 @@ from torch import nn
 from .atomic import save_torch
 from .checkpoint import load_file
 from .data.prepared import Meta, Split, normalize
-from .device import make_deterministic, synchronize
+from .device import synchronize
+from .errors import UserError
 from .evaluate import loss_and_accuracy, predict_logits
 from .models import build_model
 from .params import AugmentConfig, Params, TrainConfig, as_dict
@@ -125,93 +126,111 @@ def data_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def fingerprint(params: Params, spec: dict[str, Any], data: str, device: torch.device) -> str:
-    """Identity of a training run: everything that changes its result (`data`: data_digest)."""
+def run_fingerprint(params: Params, spec: dict[str, Any], data_sha: str, device: torch.device) -> str:
+    """Identity of a training run: everything that changes its result (`data_sha`: data_digest)."""
     config = {"seed": params.seed, "numerics": params.numerics, "train": as_dict(params.train), "spec": spec,
-              "device": device.type, "data": data}
+              "device": device.type, "data": data_sha}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class Resume:
+    """Where a run keeps its per-epoch checkpoint, and the run's fingerprint, which a
+    checkpoint must carry to be resumed from."""
+    path: Path
+    fingerprint: str
 
 
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+@dataclass
+class Trainer:
+    """What a run updates, together, so it can be saved and restored as one."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # an LR scheduler, or None
+    generator: torch.Generator  # batch order and augmentation
+
+    def save(self, resume: Resume, epoch: int, history: list[EpochRecord]) -> None:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_torch(resume.path, {
+            "format": RESUME_FORMAT, "fingerprint": resume.fingerprint, "epoch": epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "rng": rng, "history": [asdict(r) for r in history],
+        })
+
+    def restore(self, ckpt: dict[str, Any]) -> tuple[int, list[EpochRecord]]:
+        """Load a checkpoint saved by `save`; returns (its epoch, its history)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(ckpt["schedule"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        return ckpt["epoch"], [EpochRecord(**row) for row in ckpt["history"]]
 
 
-def try_resume(path: Path, fp: str, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The resume checkpoint at `path` if it belongs to this exact run, else None."""
-    if not path.exists():
+def load_resume(resume: Resume, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at resume.path if it belongs to this exact run, else None."""
+    if not resume.path.exists():
         return None
     try:
-        ckpt = load_file(path, "resume checkpoint")
-    except Exception as exc:  # unreadable: never fatal, training just starts fresh
+        ckpt = load_file(resume.path, "resume checkpoint")
+    except UserError as exc:  # unreadable: never fatal, training just starts fresh
         log(f"ignoring resume checkpoint: {exc}; starting fresh")
         return None
-    if ckpt.get("format") != RESUME_FORMAT or ckpt.get("fingerprint") != fp:
-        log(f"{path} is from a different config or data; starting fresh")
+    if ckpt.get("format") != RESUME_FORMAT or ckpt.get("fingerprint") != resume.fingerprint:
+        log(f"{resume.path} is from a different config or data; starting fresh")
         return None
     return ckpt
 
 
-def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split, val: Split,
-                 device: torch.device, resume_path: Path | None = None, run_id: str = "",
-                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
-    """Train `spec` on `train`, validating on `val` after every epoch."""
-    config = params.train
-    make_deterministic(device, config.tf32)
+def build_trainer(params: Params, spec: dict[str, Any], n_train: int, device: torch.device) -> Trainer:
+    """The model (initialized from params.seed), its optimizer and schedule, and the
+    generator of batch order and augmentation (also from params.seed)."""
     torch.manual_seed(params.seed)
     model = build_model(spec).to(device)
-    if spec["arch"] == "cnn":  # convolutions run markedly faster in NHWC on CPU and GPU
+    if spec["arch"] == "cnn" and (device.type != "cpu" or torch.backends.mkldnn.enabled):
+        # NHWC suits cuDNN and oneDNN; without oneDNN (portable numerics) ATen's NHWC
+        # convolution took 4.6x as long as NCHW.
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    schedule = make_schedule(optimizer, config, len(train))
-    generator = torch.Generator(device=device).manual_seed(params.seed)
-    augment = make_augment(config.augment, -meta.mean / meta.std, generator)
+    optimizer = make_optimizer(model, params.train)
+    return Trainer(model, optimizer, make_schedule(optimizer, params.train, n_train),
+                   torch.Generator(device=device).manual_seed(params.seed))
 
-    x_train = normalize(train.images, meta.mean, meta.std, device)
-    y_train = train.labels.to(device)
-    x_val = normalize(val.images, meta.mean, meta.std, device)
-    y_val = val.labels.to(device)
 
-    history: list[EpochRecord] = []
-    start_epoch = 0
-    if resume_path is not None:
-        ckpt = try_resume(resume_path, run_id, log)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if schedule is not None:
-                schedule.load_state_dict(ckpt["schedule"])
-            _set_rng_state(ckpt["rng"], generator)
-            history = [EpochRecord(**row) for row in ckpt["history"]]
-            start_epoch = ckpt["epoch"]
-            log(f"resuming from {resume_path} after epoch {start_epoch}")
+def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split, val: Split,
+                 device: torch.device, resume: Resume | None = None,
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
+    """Train `spec` on `train`, validating on `val` after every epoch; with `resume`,
+    continue from that run's checkpoint and leave one after every epoch but the last."""
+    config = params.train
+    trainer = build_trainer(params, spec, len(train), device)
+    augment = make_augment(config.augment, -meta.mean / meta.std, trainer.generator)
+    x_train, y_train = normalize(train.images, meta.mean, meta.std, device), train.labels.to(device)
+    x_val, y_val = normalize(val.images, meta.mean, meta.std, device), val.labels.to(device)
+
+    start_epoch, history = 0, []
+    ckpt = load_resume(resume, log) if resume is not None else None
+    if ckpt is not None:
+        start_epoch, history = trainer.restore(ckpt)
+        log(f"resuming from {resume.path} after epoch {start_epoch}")
 
     seconds = []
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(model, optimizer, x_train, y_train, config.batch_size,
-                                            generator, schedule, augment)
-        val_loss, val_acc = loss_and_accuracy(predict_logits(model, x_val, 2048), y_val)
+        train_loss, train_acc = train_epoch(trainer.model, trainer.optimizer, x_train, y_train, config.batch_size,
+                                            trainer.generator, trainer.schedule, augment)
+        logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
+        val_loss, val_acc = loss_and_accuracy(logits, y_val)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
-        record = EpochRecord(epoch, round(train_loss, 6), round(train_acc, 6), round(val_loss, 6), round(val_acc, 6))
-        history.append(record)
+        history.append(EpochRecord(epoch, *(round(v, 6) for v in (train_loss, train_acc, val_loss, val_acc))))
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds[-1]:.2f}s")
-        if resume_path is not None and epoch < config.epochs:
-            save_torch(resume_path, {
-                "format": RESUME_FORMAT, "fingerprint": run_id, "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict() if schedule is not None else None,
-                "rng": _rng_state(generator), "history": [asdict(r) for r in history],
-            })
-    return TrainResult(model, history, seconds, start_epoch)
+        if resume is not None and epoch < config.epochs:
+            trainer.save(resume, epoch, history)
+    return TrainResult(trainer.model, history, seconds, start_epoch)

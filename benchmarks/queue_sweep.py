@@ -1,0 +1,85 @@
+"""A queued sweep with `dvc queue start -j 1` against `-j 2`: wall time, and identical results.
+
+Clones this repository (HEAD) into a temporary directory, fetches and prepares the data
+there, then queues the same sweep twice: once run by one worker, once by --jobs workers
+that each get cores / jobs threads (`MNISTPIPE_THREADS`, so they do not oversubscribe
+the cores). Prints the wall time of each and checks that every experiment's metrics are
+byte-identical between the two. Needs the MNIST files: MNISTPIPE_MIRROR or the network.
+
+    MNISTPIPE_MIRROR=../shared/mnist python benchmarks/queue_sweep.py --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
+
+
+def sh(*cmd: str, cwd: Path, env: dict) -> str:
+    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tuple[float, dict[str, str]]:
+    """Queue one experiment per lr, run the queue with `jobs` workers; (seconds, lr -> eval.json)."""
+    dvc = [sys.executable, "-m", "dvc"]
+    for lr in lrs:
+        sh(*dvc, "exp", "run", "--queue", "-n", f"lr{lr}-j{jobs}", "-S", f"train.lr={lr}",
+           "-S", f"train.epochs={epochs}", cwd=repo, env=env)
+    budget = {**env, "MNISTPIPE_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    t0 = time.perf_counter()
+    sh(*dvc, "queue", "start", "-j", str(jobs), cwd=repo, env=budget)
+    while True:
+        status = sh(*dvc, "queue", "status", cwd=repo, env=env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(1)
+    seconds = time.perf_counter() - t0
+    if "Failed" in status:
+        sys.exit(f"an experiment failed:\n{status}")
+    shown = json.loads(sh(*dvc, "exp", "show", "--json", cwd=repo, env=env))
+    metrics = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                name = rev.get("name") or ""
+                if name.endswith(f"-j{jobs}"):
+                    data = rev["data"]["metrics"]["metrics/eval.json"]["data"]
+                    metrics[name.removesuffix(f"-j{jobs}")] = json.dumps(data, sort_keys=True)
+    return seconds, metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--lrs", default="0.0003,0.001,0.002,0.003", help="one experiment per value")
+    args = ap.parse_args()
+    lrs = args.lrs.split(",")
+    env = {**os.environ, **GIT_ENV}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        sh("git", "clone", "-q", str(ROOT), str(repo), cwd=Path(tmp), env=env)
+        sh(sys.executable, "-m", "dvc", "repro", "prepare", cwd=repo, env=env)
+        one = sweep(repo, env, lrs, args.epochs, 1)
+        many = sweep(repo, env, lrs, args.epochs, args.jobs)
+    same = one[1] == many[1] and len(one[1]) == len(lrs)
+    print(f"{len(lrs)} experiments of {args.epochs} epochs on {os.cpu_count()} cores")
+    print(f"-j 1: {one[0]:.1f} s; -j {args.jobs} ({max(1, (os.cpu_count() or 1) // args.jobs)} threads each): "
+          f"{many[0]:.1f} s; ratio {one[0] / many[0]:.2f}x")
+    print(f"metrics identical between the two: {same}")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Where the pipeline's files live, relative to the project root.
+
+The one home of every path the stages, `compare` and the CLI use. dvc.yaml names the
+same paths, spelled out so that it reads on its own; tests/test_dvc_deps.py checks that
+the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PARAMS_VALID = Path("logs/params_valid.txt")  # validate's output: params.yaml checked
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.pt")
+SEED_MODELS = Path("models/seeds")  # one model per extra training seed
+TRAIN_METRICS = Path("metrics/train.json")
+EVAL_METRICS = Path("metrics/eval.json")
+SEEDS_METRICS = Path("metrics/seeds.json")
+HISTORY = Path("plots/train.csv")  # per-epoch loss and accuracy
+PREDICTIONS = Path("plots/predictions.csv")
+PER_CLASS = Path("plots/per_class.csv")
+RELIABILITY = Path("plots/reliability.csv")
+REPORTS = Path("reports")
+TRAIN_LOG = Path("logs/train.json")  # machine facts: outside DVC and git
+EVAL_LOG = Path("logs/evaluate.json")
+
+
+def seed_model(seed: int) -> Path:
+    return SEED_MODELS / f"seed{seed}.pt"
+
+
+def seed_models() -> dict[int, Path]:
+    """The extra seeds' models on disk, by seed, in seed order."""
+    found = {int(p.stem.removeprefix("seed")): p for p in SEED_MODELS.glob("seed*.pt")}
+    return dict(sorted(found.items()))
+
+
+def resume_checkpoint(seed: int | None = None) -> Path:
+    """Where a run leaves its per-epoch checkpoint: the main run's, or an extra seed's."""
+    return Path("models/resume.pt") if seed is None else Path(f"models/resume-seed{seed}.pt")
