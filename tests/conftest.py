@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import hashlib
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from mnistpipe.data.idx import write_idx_gz
+from mnistpipe.data.idx import UBYTE
 from mnistpipe.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +89,18 @@ def synthetic_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 @pytest.fixture
 def tiny_params(synthetic_mirror):
     return parse_params(tiny_params_raw(synthetic_mirror[1]))
+
+
+# IDX writing: only tests make IDX files (the pipeline only reads them).
+def encode_idx(array: np.ndarray) -> bytes:
+    """uint8 array -> IDX bytes (uncompressed)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> bytes:
+    """Write `array` as a gzipped IDX file; return the uncompressed bytes (for checksums)."""
+    raw = encode_idx(array)
+    Path(path).write_bytes(gzip.compress(raw, mtime=0))
+    return raw

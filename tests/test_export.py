@@ -164,6 +164,18 @@ def test_pt2_matches_pytorch(tmp_path, capsys):
             assert (got.argmax(1) == want[batch].argmax(1)).all()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_an_export_goes_stale_when_the_model_is_retrained(fmt, ort, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "model.pt", "mlp", seed=1)
+    assert run_cli("--model", ckpt, "--format", fmt) == 0
+    assert export.stale_exports(ckpt) == []
+    make_checkpoint(ckpt, "mlp", seed=2)  # retrained: other weights under the same name
+    assert export.stale_exports(ckpt) == [tmp_path / f"model.{fmt}"]
+    capsys.readouterr()
+    assert main(["info", "--model", str(ckpt)]) == 0
+    assert f"warning: {tmp_path / f'model.{fmt}'} was exported from other weights" in capsys.readouterr().err
+
+
 def test_missing_model_exits_2(tmp_path, capsys):
     err = expect_exit_2(capsys, "--model", tmp_path / "nope.pt")
     assert "nope.pt" in err and "not found" in err

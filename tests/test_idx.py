@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistpipe.data.idx import encode_idx, load_images, load_labels, parse_idx, read_gz, write_idx_gz
+from conftest import encode_idx, write_idx_gz
+from mnistpipe.data.idx import load_images, load_labels, parse_idx, read_gz
 from mnistpipe.errors import UserError
 
 from conftest import FILES

@@ -42,13 +42,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "temperature" in ckpt:
         print(f"calibration temperature: {ckpt['temperature']:.4f} (probabilities from logits / T)")
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
+    warn_stale_exports(model_file(args.model))
     return 0
+
+
+def warn_stale_exports(model_path) -> None:
+    """An export made before the last retraining must not pass for the current model."""
+    from .export import stale_exports
+
+    for path in stale_exports(model_path):
+        print(f"warning: {path} was exported from other weights than {model_path}; "
+              f"rerun `mnistpipe export{' --format pt2' if path.suffix == '.pt2' else ''}`", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files, print_results
 
-    return print_results(predict_files(args.paths, model_file(args.model), top=args.top), as_json=args.json)
+    code = print_results(predict_files(args.paths, model_file(args.model), top=args.top), as_json=args.json)
+    warn_stale_exports(model_file(args.model))
+    return code
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,29 @@ class ExportResult:
 def default_output(model_path: str | Path, fmt: str) -> Path:
     """models/model.pt -> models/model.onnx (or .pt2)."""
     return Path(model_path).with_suffix(SUFFIXES[fmt])
+
+
+def exported_from(export: Path) -> str | None:
+    """The source_sha256 an export was stamped with (None if unreadable). Read without onnx:
+    in the ONNX protobuf a metadata value follows its key as a 64-byte string field."""
+    data = Path(export).read_bytes()
+    if export.suffix == SUFFIXES["pt2"]:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("extra/mnistpipe.json"))
+                return json.loads(archive.read(name))["source_sha256"]
+        except (zipfile.BadZipFile, StopIteration, KeyError, ValueError):
+            return None
+    found = re.search(rb"source_sha256\x12\x40([0-9a-f]{64})", data)
+    return found[1].decode() if found else None
+
+
+def stale_exports(model_path: str | Path) -> list[Path]:
+    """The exports beside a checkpoint (model.onnx, model.pt2) that came from other weights."""
+    model_path = Path(model_path)
+    current = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    candidates = (default_output(model_path, fmt) for fmt in SUFFIXES)
+    return [p for p in candidates if p.is_file() and exported_from(p) != current]
 
 
 def metadata(ckpt: dict[str, Any], source: bytes, fmt: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ with AVX2, Intel or AMD, whatever the core count or the user's environment:
 - MKL, for what remains (the CNN's convolutions), runs its COMPATIBLE branch, the one
   code path it keeps on every vendor's CPU (other branches are honoured only on Intel);
 - oneDNN's JIT is capped at AVX2 and its convolutions are switched off (their sums
-  are split by thread), so convolutions run as ATen's im2col + MKL GEMM;
+  are split by thread), as is NNPACK, so convolutions run as ATen's im2col + MKL GEMM;
 - exactly THREADS intra-op threads (or 1, under a thread budget): MKL's COMPATIBLE GEMM
   and ATen's parallel reductions split their sums by thread count (3 threads gave other
   bits than 1 or 2).
@@ -82,6 +82,10 @@ def pin(mode: str) -> None:
 
     torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = False
+    # NNPACK would otherwise run convolutions' forward pass: another library with its own
+    # thread pool (which fights OpenMP's for the cores) and unverified bits; ATen's own
+    # convolution was 10% faster here anyway.
+    torch.backends.nnpack.set_flags(False)
     _route_matmuls_to_onednn(torch)
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"warning: this CPU runs ATen's {torch.backends.cpu.get_cpu_capability()} kernels, "

@@ -5,6 +5,12 @@ Every epoch leaves a resume checkpoint (model, optimizer, RNG states, history an
 fingerprint of config + data); a killed run continues from it and ends with exactly
 the weights an uninterrupted run would have. A checkpoint whose fingerprint differs
 is never used.
+
+Under torchrun (train.processes > 1) the same loop runs in every process with
+DistributedDataParallel: each rank trains on its share of every global batch, DDP
+averages the gradients, and rank 0 alone logs and writes. That is one process's
+optimization up to rounding (BatchNorm, in the CNN, normalizes each rank's share by
+its own statistics). One process runs without DDP: the plain loop, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -51,6 +60,71 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+# --- Data parallel: the few places where processes meet. Without torchrun there is no
+# process group, and this process is rank 0 of 1.
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Whether this process logs and writes the outputs (rank 0, or the only process)."""
+    return rank_and_world()[0] == 0
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join torchrun's process group: NCCL between GPUs, gloo on the CPU. Returns the device
+    this rank trains on: the GPU numbered by its LOCAL_RANK, or the CPU."""
+    _die_with_launcher()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def close_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _die_with_launcher() -> None:
+    """torchrun starts every worker in a session of its own, so SIGKILL to the stage's process
+    group (a killed `dvc repro`) would leave the workers training on and writing while the
+    rerun starts. On Linux the kernel can kill a worker when its parent, torchrun, dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # torchrun died before that took effect
+        os._exit(1)
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """Rank's rows of an n-row global batch: contiguous, in rank order, as even as can be
+    (the first n % world ranks take one row more; a rank may get none of a tiny last batch)."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/rank {rank}".encode()).digest()[:8], "big")
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    out = [None] * rank_and_world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam or SGD with the fused implementation (one kernel updates every parameter; on the
     CPU it cut the MLP's epoch by a quarter), or foreach where this torch/device lacks it."""
@@ -78,11 +152,17 @@ def make_augment(config: AugmentConfig, background: float, generator: torch.Gene
     if not config.enabled:
         return None
 
-    def augment(x: torch.Tensor) -> torch.Tensor:
+    def augment(x: torch.Tensor, rows: slice | None = None, batch: int | None = None) -> torch.Tensor:
+        """`x`: rows `rows` of a `batch`-row global batch (a rank's share; by default all of it).
+        Draws are made for the whole batch, so the generator advances alike in every rank and
+        a row's transform does not depend on the number of processes."""
         n, (h, w) = len(x), x.shape[-2:]
-        u = lambda: torch.rand(n, device=x.device, generator=generator) * 2 - 1  # noqa: E731
+        batch, rows = (n, slice(0, n)) if batch is None else (batch, rows)
+        u = lambda: (torch.rand(batch, device=x.device, generator=generator) * 2 - 1)[rows]  # noqa: E731
         angle, scale = u() * math.radians(config.rotate), 1 + u() * config.scale
         tx, ty = u() * (2 * config.shift / w), u() * (2 * config.shift / h)  # grid units: [-1, 1]
+        if n == 0:  # a rank's empty share of a tiny last batch; the draws kept its generator in step
+            return x
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -95,26 +175,42 @@ def make_augment(config: AugmentConfig, background: float, generator: torch.Gene
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, batch_size: int, generator: torch.Generator,
                 schedule=None, augment=None) -> tuple[float, float]:
-    """One pass over (x, y) in seeded random order; returns mean loss and accuracy."""
+    """One pass over (x, y) in seeded random order; returns mean loss and accuracy.
+
+    Under DDP (`model` wrapped in it) every rank draws the same permutation, cuts the same
+    global batches of `batch_size` rows, and trains on its `shard` of each; the loss and
+    accuracy returned are the whole epoch's, over every rank's rows."""
+    rank, world = rank_and_world()
     model.train()
     order = torch.randperm(len(y), device=x.device, generator=generator)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
-        xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # half the cost of x[idx]
+        rows = shard(len(idx), rank, world)  # a single process: all of them
+        xb, yb = x.index_select(0, idx[rows]), y.index_select(0, idx[rows])  # half the cost of x[idx]
         if augment is not None:
-            xb = augment(xb)
+            xb = augment(xb, rows, len(idx))
         logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
+        if world == 1:
+            loss = F.cross_entropy(logits, yb)
+            batch_loss = loss.detach() * len(yb)
+        else:
+            # DDP averages the ranks' gradients; scaling each rank's summed loss by world/len(idx)
+            # makes that average the global batch's mean gradient, even where shares are uneven.
+            batch_loss = F.cross_entropy(logits, yb, reduction="sum")
+            loss = batch_loss * (world / len(idx))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()
         with torch.no_grad():  # accumulate on the device: no host sync per step
-            loss_sum += loss * len(yb)
+            loss_sum += batch_loss
             correct += (logits.argmax(1) == yb).sum()
+    if world > 1:
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
     return float(loss_sum) / len(y), int(correct) / len(y)
 
 
@@ -150,15 +246,21 @@ class Trainer:
     generator: torch.Generator  # batch order and augmentation
 
     def save(self, resume: Resume, epoch: int, history: list[EpochRecord]) -> None:
+        """Every rank calls this; rank 0 writes, with every rank's RNG states."""
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        save_torch(resume.path, {
+        rank, world = rank_and_world()
+        ckpt = {
             "format": RESUME_FORMAT, "fingerprint": resume.fingerprint, "epoch": epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "rng": rng, "history": [asdict(r) for r in history],
-        })
+        }
+        if world > 1:  # the ranks' dropout streams differ (see build_trainer)
+            ckpt["rank_rng"] = _gather(rng)
+        if rank == 0:
+            save_torch(resume.path, ckpt)
 
     def restore(self, ckpt: dict[str, Any]) -> tuple[int, list[EpochRecord]]:
         """Load a checkpoint saved by `save`; returns (its epoch, its history)."""
@@ -166,10 +268,11 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(ckpt["schedule"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.generator.set_state(ckpt["rng"]["generator"])
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        rng = ckpt["rank_rng"][rank_and_world()[0]] if "rank_rng" in ckpt else ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         return ckpt["epoch"], [EpochRecord(**row) for row in ckpt["history"]]
 
 
@@ -198,6 +301,11 @@ def build_trainer(params: Params, spec: dict[str, Any], n_train: int, device: to
         # convolution took 4.6x as long as NCHW.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params.train)
+    rank = rank_and_world()[0]
+    if rank > 0:
+        # Dropout draws from the global generator: without a stream of its own, every rank
+        # would drop the same units in its share. Rank 0 keeps the single process's stream.
+        torch.manual_seed(_rank_seed(params.seed, rank))
     return Trainer(model, optimizer, make_schedule(optimizer, params.train, n_train),
                    torch.Generator(device=device).manual_seed(params.seed))
 
@@ -206,8 +314,17 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
                  device: torch.device, resume: Resume | None = None,
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
     """Train `spec` on `train`, validating on `val` after every epoch; with `resume`,
-    continue from that run's checkpoint and leave one after every epoch but the last."""
+    continue from that run's checkpoint and leave one after every epoch but the last.
+
+    Under torchrun every rank calls this alike; rank 0 alone logs and writes checkpoints."""
     config = params.train
+    rank, world = rank_and_world()
+    if world != config.processes:
+        raise UserError(f"params.yaml: train.processes is {config.processes}, but {world} process(es) "
+                        f"are running; set train.processes: {world}, or run `python stages/train.py`, "
+                        "which starts torchrun itself")
+    if rank > 0:
+        log = lambda line: None  # noqa: E731  (rank 0 speaks for all)
     trainer = build_trainer(params, spec, len(train), device)
     augment = make_augment(config.augment, -meta.mean / meta.std, trainer.generator)
     x_train, y_train = normalize(train.images, meta.mean, meta.std, device), train.labels.to(device)
@@ -218,11 +335,14 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     if ckpt is not None:
         start_epoch, history = trainer.restore(ckpt)
         log(f"resuming from {resume.path} after epoch {start_epoch}")
+    # DDP starts by copying rank 0's weights to every rank, then averages the gradients in backward.
+    net = trainer.model if world == 1 else nn.parallel.DistributedDataParallel(
+        trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
 
     seconds = []
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(trainer.model, trainer.optimizer, x_train, y_train, config.batch_size,
+        train_loss, train_acc = train_epoch(net, trainer.optimizer, x_train, y_train, config.batch_size,
                                             trainer.generator, trainer.schedule, augment)
         logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
         val_loss, val_acc = loss_and_accuracy(logits, y_val)

@@ -61,17 +61,3 @@ def load_labels(path: Path, num_classes: int) -> np.ndarray:
         raise UserError(f"{path}: label {int(labels.max())} out of range 0..{num_classes - 1} "
                         "(check data.num_classes)")
     return labels
-
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """uint8 array -> IDX bytes (uncompressed)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
-
-
-def write_idx_gz(path: Path, array: np.ndarray) -> bytes:
-    """Write `array` as a gzipped IDX file; return the uncompressed bytes (for checksums)."""
-    raw = encode_idx(array)
-    Path(path).write_bytes(gzip.compress(raw, mtime=0))
-    return raw

@@ -105,10 +105,15 @@ def write_prepared(out_dir: Path, splits: dict[str, Split], mean: float, std: fl
     })
 
 
-def load_split(prepared_dir: Path, name: str) -> Split:
-    path = Path(prepared_dir) / f"{name}.pt"
+def _prepared_file(prepared_dir: Path, name: str) -> Path:
+    path = Path(prepared_dir) / name
     if not path.exists():
         raise UserError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
+    return path
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    path = _prepared_file(prepared_dir, f"{name}.pt")
     try:
         data = torch.load(path, weights_only=True)
         return Split(data["images"], data["labels"])
@@ -117,8 +122,5 @@ def load_split(prepared_dir: Path, name: str) -> Split:
 
 
 def load_meta(prepared_dir: Path) -> Meta:
-    path = Path(prepared_dir) / "meta.json"
-    if not path.exists():
-        raise UserError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
-    raw = json.loads(path.read_text())
+    raw = json.loads(_prepared_file(prepared_dir, "meta.json").read_text())
     return Meta(raw["mean"], raw["std"], raw["num_classes"], tuple(raw["image_shape"]), raw["sizes"])

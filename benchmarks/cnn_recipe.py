@@ -1,0 +1,150 @@
+"""The CNN recipe: training time and test accuracy over seeds, beside the old recipe's time.
+
+Each seed trains in its own process with the numerics mode of params.yaml (portable by
+default), on data/prepared (run `dvc repro prepare` first), with params.yaml plus the
+recipe's overrides, exactly as `dvc exp run -S ...` with those overrides would. Prints
+per seed the training time and test accuracy, then the median time, the mean ± std and
+the minimum of the accuracy, and whether the recipe reached 99.5%. The old recipe (the
+README's earlier 12-epoch CNN) is timed on its first --old-epochs epochs and extrapolated.
+
+    python benchmarks/cnn_recipe.py                    # 5 seeds of the recipe + the old one
+    python benchmarks/cnn_recipe.py --seeds 1 --old-epochs 0 --set train.epochs=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mnistpipe.numerics import cpu_model, pin
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+RECIPE = {  # the README's one command: dvc exp run -S ... with these
+    "model.arch": "cnn", "model.cnn.channels": [16, 32], "model.cnn.fc": 128, "model.cnn.dropout": 0.25,
+    "train.epochs": 8, "train.batch_size": 256, "train.lr": 0.01, "train.schedule": "onecycle",
+    "train.augment.enabled": True,
+}
+OLD = {
+    "model.arch": "cnn", "model.cnn.channels": [32, 64], "model.cnn.fc": 128, "model.cnn.dropout": 0.25,
+    "train.epochs": 12, "train.batch_size": 128, "train.lr": 0.003, "train.schedule": "onecycle",
+    "train.augment.enabled": True,
+}
+
+
+def with_overrides(raw: dict, overrides: dict) -> dict:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return raw
+
+
+def worker(overrides: dict, seed: int, epochs: int | None) -> dict:
+    """Train one seed in this process (numerics already pinned); its time and test accuracy."""
+    import torch
+
+    from mnistpipe import paths
+    from mnistpipe.data.prepared import load_meta, load_split, normalize
+    from mnistpipe.device import choose_device, make_deterministic
+    from mnistpipe.evaluate import loss_and_accuracy, predict_logits
+    from mnistpipe.models import model_spec
+    from mnistpipe.params import parse_params
+    from mnistpipe.train import run_training
+
+    raw = with_overrides(yaml.safe_load((ROOT / paths.PARAMS).read_text()), {**overrides, "seed": seed})
+    if epochs is not None:
+        raw["train"]["epochs"] = epochs
+    params = parse_params(raw)
+    device = choose_device(params.train.device)
+    make_deterministic(device, params.train.tf32)
+    prepared = ROOT / paths.PREPARED
+    meta = load_meta(prepared)
+    train, val, test = (load_split(prepared, name) for name in ("train", "val", "test"))
+    spec = model_spec(params.model, meta.image_shape, meta.num_classes)
+    t0 = time.perf_counter()
+    result = run_training(params, spec, meta, train, val, device, log=lambda line: print(line, file=sys.stderr))
+    seconds = time.perf_counter() - t0
+    x = normalize(test.images, meta.mean, meta.std, device)
+    accuracy = loss_and_accuracy(predict_logits(result.model, x, 2000), test.labels.to(device))[1]
+    return {"seed": seed, "train_s": seconds, "epoch_s": result.seconds_per_epoch, "test_acc": accuracy,
+            "epochs": params.train.epochs, "threads": torch.get_num_threads()}
+
+
+def run(overrides: dict, seed: int, epochs: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", json.dumps({"overrides": overrides, "seed": seed, "epochs": epochs})]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 1..N")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the recipe, e.g. train.epochs=10 (YAML values)")
+    ap.add_argument("--old-epochs", type=int, default=2, help="epochs of the old recipe to time (0: skip)")
+    ap.add_argument("--record", action="store_true", help="add a row to benchmarks/RESULTS.md")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(worker(job["overrides"], job["seed"], job["epochs"])))
+        return
+
+    recipe = {**RECIPE, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    runs = []
+    for seed in range(1, args.seeds + 1):
+        runs.append(run(recipe, seed))
+        r = runs[-1]
+        print(f"seed {seed}: {r['train_s']:.1f} s ({statistics.median(r['epoch_s']):.1f} s/epoch, "
+              f"{r['epochs']} epochs, {r['threads']} threads), test accuracy {r['test_acc']:.4f}", flush=True)
+    accs = [r["test_acc"] for r in runs]
+    median_s = statistics.median(r["train_s"] for r in runs)
+    spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
+    reached = statistics.mean(accs) >= 0.995
+    print(f"recipe: median training {median_s:.1f} s; test accuracy {spread} (min {min(accs):.4f}); "
+          f"mean {'reached' if reached else 'did not reach'} 99.5%"
+          + (f" in {median_s:.1f} s (median)" if reached else ""))
+    old_line = ""
+    if args.old_epochs:
+        old = run(OLD, 1, args.old_epochs)
+        per_epoch = statistics.median(old["epoch_s"])
+        old_line = f"{per_epoch:.1f} s/epoch x 12 = {12 * per_epoch:.0f} s (timed {args.old_epochs} epochs)"
+        print(f"old recipe ([32, 64] fc128, batch 128, 12 epochs): {old_line}")
+    if args.record:
+        record(recipe, runs, median_s, spread, min(accs), old_line)
+
+
+def record(recipe: dict, runs: list[dict], median_s: float, spread: str, low: float, old_line: str) -> None:
+    marker = "<!-- cnn_recipe rows -->\n"
+    header = ("| date | machine | numerics, threads | recipe | seeds | median training s | s/epoch | "
+              "test accuracy mean ± std (min) | old recipe |\n|---|---|---|---|---|---|---|---|---|\n")
+    text = RESULTS.read_text()
+    if marker not in text:
+        text += f"\n## CNN recipe (`python benchmarks/cnn_recipe.py`)\n\n{marker}{header}"
+    numerics = yaml.safe_load((ROOT / "params.yaml").read_text())["numerics"]
+    epoch_s = statistics.median(s for r in runs for s in r["epoch_s"])
+    changes = ", ".join(f"{k}={v}" for k, v in recipe.items())
+    row = (f"| {datetime.date.today()} | {cpu_model()[0]}, {os.cpu_count()} cores | {numerics}, "
+           f"{runs[0]['threads']} | {changes} | {len(runs)} | {median_s:.1f} | {epoch_s:.1f} | "
+           f"{spread} ({low:.4f}) | {old_line or '-'} |\n")
+    RESULTS.write_text(text.replace(marker + header, marker + header + row))
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:  # the numerics mode must be set before torch loads
+        pin(yaml.safe_load((ROOT / "params.yaml").read_text())["numerics"])
+    main()
