@@ -18,14 +18,19 @@ from mnistpipe.params import parse_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture
 def deterministic_torch():
-    """What the train stage sets at its entry point, set once for in-process tests."""
+    """What the train stage sets at its entry point (flush-to-zero included), undone after:
+    hypothesis, for one, refuses to run with denormals flushed."""
     import torch
 
     from mnistpipe.device import make_deterministic
 
     make_deterministic(torch.device("cpu"))
+    yield
+    torch.set_flush_denormal(False)
+    torch.use_deterministic_algorithms(False)
+
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

@@ -19,8 +19,11 @@ def train_on(device, data, **kw):
     from mnistpipe.models import model_spec
     from mnistpipe.train import run_training
 
+    from mnistpipe.device import make_deterministic
+
     tr, val, meta = data
     p = params(epochs=2, device="cuda", **kw)
+    make_deterministic(device)  # as the train stage does at its entry point
     return run_training(p, model_spec(p.model, (28, 28), 10), meta, tr, val, device, log=lambda s: None)
 
 

@@ -14,6 +14,7 @@ from mnistpipe.params import parse_params
 from mnistpipe.train import Resume, data_digest, make_augment, run_fingerprint, run_training, train_epoch
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("deterministic_torch")  # as the train stage sets it
 QUIET = lambda line: None  # noqa: E731
 
 

@@ -134,22 +134,19 @@ def _torch_at_least(major: int, minor: int) -> bool:
         return True
 
 
-def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[bytes, float | None]:
-    """Serialized ONNX model (checked), and the max |logit diff| vs PyTorch if onnxruntime is here."""
+def _onnx_program(model: nn.Module, spec: dict[str, Any]):
+    """torch.onnx's dynamo export with a dynamic batch, or a UserError naming the fix."""
     if not _torch_at_least(2, 6):
         raise UserError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__}); "
                         "upgrade torch or use --format pt2")
     try:
-        import onnx
         import onnxscript  # noqa: F401  (the exporter imports it; fail early with a clear message)
     except ImportError as exc:
         raise UserError(f"ONNX export needs the packages onnx and onnxscript ({exc}); "
                         f"install them: {EXTRAS_HINT}") from None
-
-    spec = ckpt["spec"]
     example = torch.zeros(2, 1, *spec["image_shape"])  # batch 2: never specialized to a constant
     try:
-        program = torch.onnx.export(
+        return torch.onnx.export(
             model, (example,), None, dynamo=True, opset_version=OPSET, verbose=False,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -160,7 +157,17 @@ def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[byte
             raise
         raise UserError(f"the installed onnxscript/onnx-ir are too old for torch {torch.__version__} "
                         f"({exc}); upgrade them: pip install -U onnxscript onnx-ir") from None
-    proto = program.model_proto
+
+
+def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[bytes, float | None]:
+    """Serialized ONNX model (checked), and the max |logit diff| vs PyTorch if onnxruntime is here."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise UserError(f"ONNX export needs the packages onnx and onnxscript ({exc}); "
+                        f"install them: {EXTRAS_HINT}") from None
+    spec = ckpt["spec"]
+    proto = _onnx_program(model, spec).model_proto
     proto.doc_string = (f"mnistpipe {spec['arch']} digit classifier. Input '{INPUT_NAME}': "
                         f"float32 [batch, 1, H, W] = (pixels/255 - mean)/std (see metadata 'mean', "
                         f"'std'). Output '{OUTPUT_NAME}': logits [batch, num_classes].")

@@ -121,8 +121,8 @@ def _stroke_width(ink: np.ndarray) -> float:
     return 2 * area / max(area - inner.sum(), 1)
 
 
-def preprocess(image: Image.Image) -> torch.Tensor:
-    """Any digit picture -> uint8 [28, 28], light digit on black, as MNIST's were made."""
+def _ink(image: Image.Image) -> np.ndarray:
+    """The digit's ink, cropped to it: float in [0, 1], light on black, paper at 0."""
     gray = _grayscale(image)
     if max(gray.size) > WORK_SIZE:
         gray.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
@@ -141,36 +141,44 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     peak = smooth.max()
     if peak < MIN_CONTRAST:
         raise ImageError("no digit found: the image is blank or has too little contrast")
-    rows, cols = _box(smooth > INK_THRESHOLD * peak)
-    ink = ink[rows, cols]
+    ink = ink[_box(smooth > INK_THRESHOLD * peak)]
 
     # Contrast: paper (within 3 noise std) -> 0, the strokes' typical level -> 1.
     strokes = ink[ink > INK_THRESHOLD * peak]
     high = np.percentile(strokes, 90) if strokes.size else peak
     low = min(3 * noise, high / 2)
     ink = np.clip((ink - low) / (high - low), 0, 1)
-    ink = ink[_box(ink > 0.05)]
+    return ink[_box(ink > 0.05)]
 
-    # A thin pen (a ballpoint photographed large) leaves far thinner strokes than MNIST's:
-    # thicken them, at 4x the final size, to MNIST's typical width. The width is measured
-    # once, at that size: at full size, noise frays the edges of blurred strokes and makes
-    # thick ones look thin (a blurry "0" once got a negative dilation size from two measurements).
+
+def _mnist_strokes(ink: np.ndarray) -> np.ndarray:
+    """A thin pen (a ballpoint photographed large) leaves far thinner strokes than MNIST's:
+    thicken them, at 4x the final size, to MNIST's typical width. The width is measured
+    once, at that size: at full size, noise frays the edges of blurred strokes and makes
+    thick ones look thin (a blurry "0" once got a negative dilation size from two measurements)."""
     large = _fit(ink, 4 * BOX)
     width = _stroke_width(large)
-    if width < 0.75 * 4 * STROKE:
-        k = 2 * round((4 * STROKE - width) / 2) + 1  # odd, at least 3 here; dilation adds k - 1
-        ink = np.asarray(Image.fromarray(np.pad(large, k // 2)).filter(ImageFilter.MaxFilter(k)))
+    if width >= 0.75 * 4 * STROKE:
+        return ink
+    k = 2 * round((4 * STROKE - width) / 2) + 1  # odd, at least 3 here; dilation adds k - 1
+    return np.asarray(Image.fromarray(np.pad(large, k // 2)).filter(ImageFilter.MaxFilter(k)))
 
-    digit = _fit(ink, BOX)  # longer side 20 px, aspect kept
-    digit /= digit.max()  # MNIST's strokes reach full brightness
 
-    # Into the 28x28 frame with the centre of mass at (14, 14), as far as the frame allows.
+def _centred_frame(digit: np.ndarray) -> np.ndarray:
+    """Into the 28x28 frame with the centre of mass at (14, 14), as far as the frame allows."""
     total = digit.sum()
     com = [(digit.sum(axis=1 - a) * np.arange(digit.shape[a])).sum() / total for a in (0, 1)]
     top, left = (int(np.clip(round(FRAME / 2 - c), 0, FRAME - n)) for c, n in zip(com, digit.shape))
     frame = np.zeros((FRAME, FRAME), dtype=np.float32)
     frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
-    return torch.from_numpy((frame * 255).round().astype(np.uint8))
+    return frame
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """Any digit picture -> uint8 [28, 28], light digit on black, as MNIST's were made."""
+    digit = _fit(_mnist_strokes(_ink(image)), BOX)  # longer side 20 px, aspect kept
+    digit /= digit.max()  # MNIST's strokes reach full brightness
+    return torch.from_numpy((_centred_frame(digit) * 255).round().astype(np.uint8))
 
 
 def image_files(paths: list[Path]) -> list[Path]:

@@ -310,6 +310,16 @@ def build_trainer(params: Params, spec: dict[str, Any], n_train: int, device: to
                    torch.Generator(device=device).manual_seed(params.seed))
 
 
+def _check_processes(expected: int) -> int:
+    """The number of running processes, which must be what params.yaml asks for."""
+    world = rank_and_world()[1]
+    if world != expected:
+        raise UserError(f"params.yaml: train.processes is {expected}, but {world} process(es) "
+                        f"are running; set train.processes: {world}, or run `python stages/train.py`, "
+                        "which starts torchrun itself")
+    return world
+
+
 def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split, val: Split,
                  device: torch.device, resume: Resume | None = None,
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
@@ -318,12 +328,8 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
 
     Under torchrun every rank calls this alike; rank 0 alone logs and writes checkpoints."""
     config = params.train
-    rank, world = rank_and_world()
-    if world != config.processes:
-        raise UserError(f"params.yaml: train.processes is {config.processes}, but {world} process(es) "
-                        f"are running; set train.processes: {world}, or run `python stages/train.py`, "
-                        "which starts torchrun itself")
-    if rank > 0:
+    world = _check_processes(config.processes)
+    if not is_main():
         log = lambda line: None  # noqa: E731  (rank 0 speaks for all)
     trainer = build_trainer(params, spec, len(train), device)
     augment = make_augment(config.augment, -meta.mean / meta.std, trainer.generator)
