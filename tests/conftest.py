@@ -32,6 +32,13 @@ def deterministic_torch():
     torch.use_deterministic_algorithms(False)
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """Two state dicts hold the same tensors, bit for bit: the one way tests compare weights."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",

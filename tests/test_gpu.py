@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import synthetic_digits
+from conftest import same_weights, synthetic_digits
 from mnistpipe.data.prepared import normalize
 from mnistpipe.evaluate import predict_logits
 from test_train import data, params, split, state, train  # noqa: F401  (data is a fixture)
@@ -31,8 +31,7 @@ def train_on(device, data, **kw):
 def test_two_gpu_runs_are_identical(data, kw):  # noqa: F811
     a, b = train_on(CUDA, data, **kw), train_on(CUDA, data, **kw)
     assert a.history == b.history
-    sa, sb = state(a.model), state(b.model)
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert same_weights(state(a.model), state(b.model))
 
 
 def test_same_weights_predict_the_same_on_cpu_and_gpu(data):  # noqa: F811

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import same_weights
 from dvc_helpers import commit_all, copy_repo, dvc, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -23,10 +24,6 @@ METRICS = ["metrics/train.json", "metrics/eval.json", "metrics/seeds.json"]
 
 def weights(repo: Path) -> dict[str, torch.Tensor]:
     return torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import synthetic_digits, tiny_params_raw
+from conftest import same_weights, synthetic_digits, tiny_params_raw
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
@@ -52,10 +52,6 @@ def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def equal_states(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("kw", [{}, {"optimizer": "sgd", "lr": 0.05}, {"arch": "cnn", "schedule": "onecycle",
                                                                        "augment": True, "lr": 0.01}])
 def test_loss_decreases_and_model_learns(data, kw):
@@ -67,9 +63,9 @@ def test_loss_decreases_and_model_learns(data, kw):
 
 def test_same_params_same_weights_and_history(data):
     a, b = train(params(epochs=2), data), train(params(epochs=2), data)
-    assert a.history == b.history and equal_states(state(a.model), state(b.model))
+    assert a.history == b.history and same_weights(state(a.model), state(b.model))
     c = train(dataclasses.replace(params(epochs=2), seed=7), data)
-    assert not equal_states(state(a.model), state(c.model)), "the seed must matter"
+    assert not same_weights(state(a.model), state(c.model)), "the seed must matter"
 
 
 def test_batch_order_comes_from_the_seed(data, monkeypatch):
@@ -114,7 +110,7 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
     resumed = train(p, data, resume=Resume(resume, "run-a"), log=lines.append)
     assert resumed.resumed_from_epoch == 2 and any("resuming" in line for line in lines)
     assert resumed.history == full.history
-    assert equal_states(state(resumed.model), state(full.model))
+    assert same_weights(state(resumed.model), state(full.model))
 
 
 def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
