@@ -79,11 +79,11 @@ def main() -> None:
     meta = load_meta(paths.PREPARED)
     prepared = {"meta": meta, "train": load_split(paths.PREPARED, "train"), "val": load_split(paths.PREPARED, "val"),
                 "spec": model_spec(PARAMS.model, meta.image_shape, meta.num_classes),
-                "data_sha": data_digest([paths.PREPARED / f for f in ("train.pt", "val.pt", "meta.json")])}
+                "data_sha": data_digest(paths.prepared_files())}
 
     # The folder lists its seeds, so it is never empty (DVC warns about empty outputs).
     if is_main():
-        write_json(paths.SEED_MODELS / "seeds.json", {"seeds": PARAMS.multiseed.seeds})
+        write_json(paths.SEED_LIST, {"seeds": PARAMS.multiseed.seeds})
     for seed in PARAMS.multiseed.seeds:
         if is_main():
             print(f"extra seed {seed}:", file=sys.stderr)
@@ -94,7 +94,8 @@ def main() -> None:
     close_distributed()
     if rank > 0:
         return
-    write_json(paths.TRAIN_METRICS, {**asdict(result.history[-1]), "temperature": temperature,
+    last = asdict(result.history[-1])  # the final epoch's record, its number as "epochs"
+    write_json(paths.TRAIN_METRICS, {"epochs": last.pop("epoch"), **last, "temperature": temperature,
                                      "parameters": count_parameters(result.model)})
     write_csv(paths.HISTORY, [asdict(r) for r in result.history])
     # Facts that differ between machines or runs: read by people, not by DVC or git.

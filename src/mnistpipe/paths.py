@@ -15,6 +15,7 @@ RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.pt")
 SEED_MODELS = Path("models/seeds")  # one model per extra training seed
+SEED_LIST = SEED_MODELS / "seeds.json"  # the seeds, so that the folder is never empty
 TRAIN_METRICS = Path("metrics/train.json")
 EVAL_METRICS = Path("metrics/eval.json")
 SEEDS_METRICS = Path("metrics/seeds.json")
@@ -25,6 +26,11 @@ RELIABILITY = Path("plots/reliability.csv")
 REPORTS = Path("reports")
 TRAIN_LOG = Path("logs/train.json")  # machine facts: outside DVC and git
 EVAL_LOG = Path("logs/evaluate.json")
+
+
+def prepared_files() -> list[Path]:
+    """The prepared files training reads (their digest is part of a run's fingerprint)."""
+    return [PREPARED / name for name in ("train.pt", "val.pt", "meta.json")]
 
 
 def seed_model(seed: int) -> Path:

@@ -178,7 +178,7 @@ def wrong_figure(test: Split, wrong: list[dict[str, str]]) -> Figure:
 def _summary(ctx: dict[str, Any]) -> list[str]:
     sizes = ctx["sizes"]
     return ["# mnistpipe report", "",
-            f"Model **{describe(ctx['spec'])}**, trained {ctx['train']['epoch']} epochs on {sizes['train']:,} images "
+            f"Model **{describe(ctx['spec'])}**, trained {ctx['train']['epochs']} epochs on {sizes['train']:,} images "
             f"(validation {sizes['val']:,}), evaluated on {sizes['test']:,} test images.", ""]
 
 
