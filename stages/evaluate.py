@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from mnistpipe import paths  # noqa: E402
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
-from mnistpipe.calibration import expected_calibration_error, reliability_table  # noqa: E402
+from mnistpipe.calibration import expected_calibration_error, probabilities, reliability_table  # noqa: E402
 from mnistpipe.checkpoint import load_model  # noqa: E402
 from mnistpipe.data.prepared import load_split, normalize  # noqa: E402
 from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
 
     metrics, per_class = classification_metrics(logits, test.labels)
-    raw, calibrated = (logits.float().cpu().div(t).softmax(1) for t in (1.0, temperature))
+    raw, calibrated = (probabilities(logits.float().cpu(), t) for t in (1.0, temperature))
     metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
                 "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
     confidence, predicted = calibrated.max(1)

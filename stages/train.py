@@ -59,8 +59,7 @@ def train_and_calibrate(seed: int, model_path: Path, prepared: dict[str, Any], d
     result = run_training(params, spec, meta, prepared["train"], val, device, resume)
     if not is_main():  # rank 0 alone calibrates and writes
         return result, None
-    x_val = normalize(val.images, meta.mean, meta.std, device)
-    logits = predict_logits(result.model, x_val, PARAMS.evaluate.batch_size)
+    logits = predict_logits(result.model, prepared["x_val"], PARAMS.evaluate.batch_size)
     temperature = fit_temperature(logits, val.labels)
     save_model(model_path, result.model, spec, meta.mean, meta.std, temperature)
     resume.path.unlink(missing_ok=True)  # finished: a later run must start fresh
@@ -77,7 +76,9 @@ def main() -> None:
         relaunch_under_torchrun(PARAMS.train.processes, device)  # does not return
     make_deterministic(device, PARAMS.train.tf32)
     meta = load_meta(paths.PREPARED)
-    prepared = {"meta": meta, "train": load_split(paths.PREPARED, "train"), "val": load_split(paths.PREPARED, "val"),
+    val = load_split(paths.PREPARED, "val")
+    prepared = {"meta": meta, "train": load_split(paths.PREPARED, "train"), "val": val,
+                "x_val": normalize(val.images, meta.mean, meta.std, device),  # once, for every seed's calibration
                 "spec": model_spec(PARAMS.model, meta.image_shape, meta.num_classes),
                 "data_sha": data_digest(paths.prepared_files())}
 

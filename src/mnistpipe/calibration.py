@@ -13,10 +13,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 
 BINS = 15  # equal-width confidence bins, as in Guo et al.
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+
+
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Calibrated class probabilities: softmax(logits / T). The one place T is applied."""
+    return (logits / temperature).softmax(1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -25,6 +29,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     A bounded Brent search over log T on a float64 loss: one parameter needs no gradient
     machinery, and the result is the same on every machine (rounded to 6 digits).
     """
+    from scipy.optimize import minimize_scalar  # here: predict imports this module, and needs no scipy
+
     logits, labels = logits.detach().double().cpu(), labels.cpu()
     nll = lambda log_t: float(F.cross_entropy(logits / math.exp(log_t), labels))  # noqa: E731
     best = minimize_scalar(nll, bounds=LOG_T_RANGE, method="bounded", options={"xatol": 1e-6})

@@ -33,7 +33,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .models import count_parameters, describe
 
-    model, ckpt = load_model(model_file(args.model))
+    path = model_file(args.model)
+    model, ckpt = load_model(path)
     print(f"model: {args.model}")
     print(f"architecture: {describe(ckpt['spec'])}")
     print(f"parameters: {count_parameters(model):,}")
@@ -42,7 +43,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "temperature" in ckpt:
         print(f"calibration temperature: {ckpt['temperature']:.4f} (probabilities from logits / T)")
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
-    warn_stale_exports(model_file(args.model))
+    warn_stale_exports(path)
     return 0
 
 
@@ -58,8 +59,9 @@ def warn_stale_exports(model_path) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files, print_results
 
-    code = print_results(predict_files(args.paths, model_file(args.model), top=args.top), as_json=args.json)
-    warn_stale_exports(model_file(args.model))
+    model = model_file(args.model)
+    code = print_results(predict_files(args.paths, model, top=args.top), as_json=args.json)
+    warn_stale_exports(model)
     return code
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from .calibration import probabilities
 from .checkpoint import load_model
 from .data.prepared import normalize
 from .errors import UserError
@@ -217,7 +218,7 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
         temperature = ckpt.get("temperature", 1.0)  # calibration; older checkpoints have none
         with torch.inference_mode():
             logits = model(normalize(torch.stack(images), norm["mean"], norm["std"]))
-            probs = (logits / temperature).softmax(1)
+            probs = probabilities(logits, temperature)
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
         good = (r for r in results if "error" not in r)
         for result, v, d in zip(good, values.tolist(), digits.tolist()):
