@@ -101,6 +101,7 @@ def test_prepare_mean_and_std_both_set():
     ("train", "device", "gpu", ["train.device", "'cuda'", "'gpu'"]),
     ("train", "momentum", 1.0, ["train.momentum", "[0, 1)"]),
     ("train", "weight_decay", -0.1, ["train.weight_decay", ">= 0"]),
+    ("train", "label_smoothing", 1.0, ["train.label_smoothing", "[0, 1)"]),
     ("train", "processes", 0, ["train.processes", ">= 1"]),
     ("train", "processes", 2.0, ["train.processes", "expected an integer"]),
     ("train", "processes", 65, ["train.processes", "<= train.batch_size (64)"]),

@@ -88,6 +88,24 @@ def test_batch_order_comes_from_the_seed(data, monkeypatch):
     assert not torch.equal(first_orders[7], first_orders[42])
 
 
+def test_label_smoothing_is_the_training_objective(data):
+    plain, smooth = train(params(epochs=2), data), train(params(epochs=2, label_smoothing=0.2), data)
+    assert not same_weights(state(plain.model), state(smooth.model))
+    # A smoothed target can't be met exactly: its loss stays above the plain one's.
+    assert smooth.history[-1].train_loss > plain.history[-1].train_loss + 0.1
+    assert smooth.history[-1].val_acc > 0.6  # and the model still learns
+
+
+@pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "augment": True}])
+def test_no_kernel_reads_uninitialized_memory(data, kw, monkeypatch):
+    """make_deterministic skips torch's NaN fill of new tensors; it must change nothing."""
+    runs = []
+    for fill in (True, False):
+        monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", fill)
+        runs.append(train(params(epochs=2, **kw), data))
+    assert runs[0].history == runs[1].history and same_weights(state(runs[0].model), state(runs[1].model))
+
+
 def test_each_epoch_sees_every_sample_exactly_once():
     n, batch_size = 50, 8  # a last, partial batch of 2
     x, y = torch.arange(n, dtype=torch.float32)[:, None], torch.zeros(n, dtype=torch.long)

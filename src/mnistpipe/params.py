@@ -118,6 +118,7 @@ class TrainConfig:
     optimizer: Literal["adam", "sgd"]
     momentum: float  # SGD only
     weight_decay: float
+    label_smoothing: float  # targets (1 - e) on the label, e spread evenly over every class
     augment: AugmentConfig
     device: Device
     tf32: bool  # TF32 matmuls on CUDA: faster, less comparable across devices
@@ -132,6 +133,7 @@ class TrainConfig:
         _check(0 < self.lr <= 10, f"{key}.lr", f"must be in (0, 10], got {self.lr}")
         _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, f"{key}.label_smoothing", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -174,8 +174,9 @@ def make_augment(config: AugmentConfig, background: float, generator: torch.Gene
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                schedule=None, augment=None) -> tuple[float, float]:
-    """One pass over (x, y) in seeded random order; returns mean loss and accuracy.
+                schedule=None, augment=None, label_smoothing: float = 0.0) -> tuple[float, float]:
+    """One pass over (x, y) in seeded random order; returns mean loss (the smoothed loss
+    it minimizes, with label_smoothing) and accuracy.
 
     Under DDP (`model` wrapped in it) every rank draws the same permutation, cuts the same
     global batches of `batch_size` rows, and trains on its `shard` of each; the loss and
@@ -193,12 +194,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             xb = augment(xb, rows, len(idx))
         logits = model(xb)
         if world == 1:
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
             batch_loss = loss.detach() * len(yb)
         else:
             # DDP averages the ranks' gradients; scaling each rank's summed loss by world/len(idx)
             # makes that average the global batch's mean gradient, even where shares are uneven.
-            batch_loss = F.cross_entropy(logits, yb, reduction="sum")
+            batch_loss = F.cross_entropy(logits, yb, reduction="sum", label_smoothing=label_smoothing)
             loss = batch_loss * (world / len(idx))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -349,7 +350,7 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
         train_loss, train_acc = train_epoch(net, trainer.optimizer, x_train, y_train, config.batch_size,
-                                            trainer.generator, trainer.schedule, augment)
+                                            trainer.generator, trainer.schedule, augment, config.label_smoothing)
         logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
         val_loss, val_acc = loss_and_accuracy(logits, y_val)
         synchronize(device)
