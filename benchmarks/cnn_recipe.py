@@ -9,6 +9,8 @@ README's earlier 12-epoch CNN) is timed on its first --old-epochs epochs and ext
 
     python benchmarks/cnn_recipe.py                    # 5 seeds of the recipe + the old one
     python benchmarks/cnn_recipe.py --seeds 1 --old-epochs 0 --set train.epochs=4
+    python benchmarks/cnn_recipe.py --seeds 1,2,42 --old-epochs 0 --set train.lr=0.005
+    python benchmarks/cnn_recipe.py --profile 12800    # where one epoch's time goes
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def with_overrides(raw: dict, overrides: dict) -> dict:
     return raw
 
 
-def worker(overrides: dict, seed: int, epochs: int | None) -> dict:
-    """Train one seed in this process (numerics already pinned); its time and test accuracy."""
+def worker(overrides: dict, seed: int, epochs: int | None, profile: int = 0) -> dict:
+    """Train one seed in this process (numerics already pinned); its time and test accuracy.
+    profile > 0: one epoch on that many training images under torch.profiler instead; prints
+    where the time went (to stderr) and returns only the time."""
     import torch
 
     from mnistpipe import paths
@@ -75,6 +79,9 @@ def worker(overrides: dict, seed: int, epochs: int | None) -> dict:
     meta = load_meta(prepared)
     train, val, test = (load_split(prepared, name) for name in ("train", "val", "test"))
     spec = model_spec(params.model, meta.image_shape, meta.num_classes)
+    if profile:
+        return profile_epoch(params, spec, meta, type(train)(train.images[:profile], train.labels[:profile]),
+                             type(val)(val.images[:1000], val.labels[:1000]), device)
     t0 = time.perf_counter()
     result = run_training(params, spec, meta, train, val, device, log=lambda line: print(line, file=sys.stderr))
     seconds = time.perf_counter() - t0
@@ -82,6 +89,23 @@ def worker(overrides: dict, seed: int, epochs: int | None) -> dict:
     accuracy = loss_and_accuracy(predict_logits(result.model, x, 2000), test.labels.to(device))[1]
     return {"seed": seed, "train_s": seconds, "epoch_s": result.seconds_per_epoch, "test_acc": accuracy,
             "epochs": params.train.epochs, "threads": torch.get_num_threads()}
+
+
+def profile_epoch(params, spec, meta, train, val, device) -> dict:
+    import dataclasses
+
+    import torch
+    from torch.profiler import profile
+
+    from mnistpipe.train import run_training
+
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))
+    with profile() as prof:
+        t0 = time.perf_counter()
+        run_training(params, spec, meta, train, val, device, log=lambda line: None)
+        seconds = time.perf_counter() - t0
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+    return {"train_s": seconds, "images": len(train), "threads": torch.get_num_threads()}
 
 
 def run(overrides: dict, seed: int, epochs: int | None = None) -> dict:
@@ -92,21 +116,29 @@ def run(overrides: dict, seed: int, epochs: int | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 1..N")
+    ap.add_argument("--seeds", default="5", help="N: seeds 1..N; or a list, e.g. 1,2,42")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the recipe, e.g. train.epochs=10 (YAML values)")
     ap.add_argument("--old-epochs", type=int, default=2, help="epochs of the old recipe to time (0: skip)")
     ap.add_argument("--record", action="store_true", help="add a row to benchmarks/RESULTS.md")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead: profile one epoch of the recipe on N training images (torch.profiler)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         job = json.loads(args.worker)
-        print(json.dumps(worker(job["overrides"], job["seed"], job["epochs"])))
+        print(json.dumps(worker(job["overrides"], job["seed"], job["epochs"], job.get("profile", 0))))
         return
 
     recipe = {**RECIPE, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    if args.profile:  # the worker prints the profile; the time is the profiled (slower) one
+        job = {"overrides": recipe, "seed": 1, "epochs": None, "profile": args.profile}
+        subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+        return
     runs = []
-    for seed in range(1, args.seeds + 1):
+    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else range(1, int(args.seeds) + 1)
+    for seed in seeds:
         runs.append(run(recipe, seed))
         r = runs[-1]
         print(f"seed {seed}: {r['train_s']:.1f} s ({statistics.median(r['epoch_s']):.1f} s/epoch, "
