@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from mnistpipe import paths  # noqa: E402
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
 from mnistpipe.calibration import expected_calibration_error, probabilities, reliability_table  # noqa: E402
-from mnistpipe.checkpoint import load_model  # noqa: E402
+from mnistpipe.checkpoint import load_model, temperature_of  # noqa: E402
 from mnistpipe.data.prepared import load_split, normalize  # noqa: E402
 from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E402
 from mnistpipe.errors import exit_on_user_error  # noqa: E402
@@ -30,7 +30,7 @@ def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor
     model, ckpt = load_model(path)
     norm = ckpt["normalization"]
     x = normalize(test.images, norm["mean"], norm["std"], device)
-    return predict_logits(model.to(device), x, batch_size), ckpt.get("temperature", 1.0)
+    return predict_logits(model.to(device), x, batch_size), temperature_of(ckpt)
 
 
 def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:

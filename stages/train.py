@@ -22,14 +22,13 @@ from mnistpipe import paths  # noqa: E402
 from mnistpipe.atomic import write_csv, write_json  # noqa: E402
 from mnistpipe.calibration import fit_temperature  # noqa: E402
 from mnistpipe.checkpoint import save_model  # noqa: E402
-from mnistpipe.data.prepared import load_meta, load_split, normalize  # noqa: E402
+from mnistpipe.data.prepared import load_meta, load_split  # noqa: E402
 from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb  # noqa: E402
 from mnistpipe.errors import UserError, exit_on_user_error  # noqa: E402
-from mnistpipe.evaluate import predict_logits  # noqa: E402
 from mnistpipe.models import count_parameters, model_spec  # noqa: E402
 from mnistpipe.numerics import BUDGET_ENV, machine_facts  # noqa: E402
-from mnistpipe.train import (Resume, close_distributed, data_digest, init_distributed, is_main,  # noqa: E402
-                             rank_and_world, run_fingerprint, run_training)
+from mnistpipe.distributed import close_distributed, init_distributed, is_main, rank_and_world  # noqa: E402
+from mnistpipe.train import Resume, data_digest, run_fingerprint, run_training  # noqa: E402
 
 
 def relaunch_under_torchrun(processes: int, device) -> None:
@@ -59,8 +58,7 @@ def train_and_calibrate(seed: int, model_path: Path, prepared: dict[str, Any], d
     result = run_training(params, spec, meta, prepared["train"], val, device, resume)
     if not is_main():  # rank 0 alone calibrates and writes
         return result, None
-    logits = predict_logits(result.model, prepared["x_val"], PARAMS.evaluate.batch_size)
-    temperature = fit_temperature(logits, val.labels)
+    temperature = fit_temperature(result.val_logits, val.labels)  # the last epoch's validation
     save_model(model_path, result.model, spec, meta.mean, meta.std, temperature)
     resume.path.unlink(missing_ok=True)  # finished: a later run must start fresh
     return result, temperature
@@ -76,9 +74,7 @@ def main() -> None:
         relaunch_under_torchrun(PARAMS.train.processes, device)  # does not return
     make_deterministic(device, PARAMS.train.tf32)
     meta = load_meta(paths.PREPARED)
-    val = load_split(paths.PREPARED, "val")
-    prepared = {"meta": meta, "train": load_split(paths.PREPARED, "train"), "val": val,
-                "x_val": normalize(val.images, meta.mean, meta.std, device),  # once, for every seed's calibration
+    prepared = {"meta": meta, **{name: load_split(paths.PREPARED, name) for name in ("train", "val")},
                 "spec": model_spec(PARAMS.model, meta.image_shape, meta.num_classes),
                 "data_sha": data_digest(paths.prepared_files())}
 

@@ -24,7 +24,8 @@ import yaml
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
 from mnistpipe.errors import UserError
 from mnistpipe.numerics import BUDGET_ENV, THREADS
-from mnistpipe.train import is_main, make_augment, rank_and_world, shard
+from mnistpipe.distributed import is_main, rank_and_world, shard
+from mnistpipe.train import make_augment
 from test_train import data, params, train  # noqa: F401  (data is a fixture)
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

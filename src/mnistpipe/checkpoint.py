@@ -73,6 +73,11 @@ def load_file(path: Path, what: str, expected: str = "") -> dict[str, Any]:
     return data
 
 
+def temperature_of(ckpt: dict[str, Any]) -> float:
+    """A model checkpoint's calibration temperature (logits / T); 1.0 in files from before calibration."""
+    return ckpt.get("temperature", 1.0)
+
+
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model in eval mode; returns (model, checkpoint dict)."""
     ckpt = load_file(path, "model checkpoint", MODEL_HINT)
@@ -82,7 +87,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     norm = ckpt.get("normalization")
     if not (isinstance(norm, dict) and all(isinstance(norm.get(k), float) for k in ("mean", "std"))):
         raise UserError(f"{path}: checkpoint lacks its normalization constants; retrain it")
-    temperature = ckpt.get("temperature", 1.0)  # calibration (logits / T); absent in older files
+    temperature = temperature_of(ckpt)
     if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
             and math.isfinite(temperature) and temperature > 0):
         raise UserError(f"{path}: calibration temperature must be a positive number, "

@@ -173,7 +173,7 @@ def machine_facts(mode: str) -> dict[str, Any]:
         "onednn": version(r"MKL-DNN v(\S+)"),
         "onednn_enabled": torch.backends.mkldnn.enabled,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
-        "float32_matmul": "oneDNN (large), MKL (small)" if _matmul_overrides is not None else "MKL",
+        "float32_matmul": "oneDNN AVX2 (index-order chains)" if _matmul_overrides is not None else "MKL",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .calibration import probabilities
-from .checkpoint import load_model
+from .checkpoint import load_model, temperature_of
 from .data.prepared import normalize
 from .errors import UserError
 
@@ -215,10 +215,9 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
             results.append({"path": str(path), "error": f"could not read a digit: {type(exc).__name__}: {exc}"})
     if images:
         norm = ckpt["normalization"]
-        temperature = ckpt.get("temperature", 1.0)  # calibration; older checkpoints have none
         with torch.inference_mode():
             logits = model(normalize(torch.stack(images), norm["mean"], norm["std"]))
-            probs = probabilities(logits, temperature)
+            probs = probabilities(logits, temperature_of(ckpt))
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
         good = (r for r in results if "error" not in r)
         for result, v, d in zip(good, values.tolist(), digits.tolist()):

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +33,7 @@ from .atomic import save_torch
 from .checkpoint import load_file
 from .data.prepared import Meta, Split, normalize
 from .device import synchronize
+from .distributed import gather, is_main, rank_and_world, rank_seed, shard
 from .errors import UserError
 from .evaluate import loss_and_accuracy, predict_logits
 from .models import build_model
@@ -58,71 +57,7 @@ class TrainResult:
     history: list[EpochRecord]
     seconds_per_epoch: list[float] = field(default_factory=list)
     resumed_from_epoch: int = 0
-
-
-# --- Data parallel: the few places where processes meet. Without torchrun there is no
-# process group, and this process is rank 0 of 1.
-
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, the number of processes)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    """Whether this process logs and writes the outputs (rank 0, or the only process)."""
-    return rank_and_world()[0] == 0
-
-
-def init_distributed(device: torch.device) -> torch.device:
-    """Join torchrun's process group: NCCL between GPUs, gloo on the CPU. Returns the device
-    this rank trains on: the GPU numbered by its LOCAL_RANK, or the CPU."""
-    _die_with_launcher()
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def close_distributed() -> None:
-    """Leave the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _die_with_launcher() -> None:
-    """torchrun starts every worker in a session of its own, so SIGKILL to the stage's process
-    group (a killed `dvc repro`) would leave the workers training on and writing while the
-    rerun starts. On Linux the kernel can kill a worker when its parent, torchrun, dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # torchrun died before that took effect
-        os._exit(1)
-
-
-def shard(n: int, rank: int, world: int) -> slice:
-    """Rank's rows of an n-row global batch: contiguous, in rank order, as even as can be
-    (the first n % world ranks take one row more; a rank may get none of a tiny last batch)."""
-    size, extra = divmod(n, world)
-    start = rank * size + min(rank, extra)
-    return slice(start, start + size + (rank < extra))
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/rank {rank}".encode()).digest()[:8], "big")
-
-
-def _gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank."""
-    out = [None] * rank_and_world()[1]
-    dist.all_gather_object(out, obj)
-    return out
+    val_logits: torch.Tensor | None = None  # the final model's, from the last epoch's validation
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -259,7 +194,7 @@ class Trainer:
             "rng": rng, "history": [asdict(r) for r in history],
         }
         if world > 1:  # the ranks' dropout streams differ (see build_trainer)
-            ckpt["rank_rng"] = _gather(rng)
+            ckpt["rank_rng"] = gather(rng)
         if rank == 0:
             save_torch(resume.path, ckpt)
 
@@ -306,7 +241,7 @@ def build_trainer(params: Params, spec: dict[str, Any], n_train: int, device: to
     if rank > 0:
         # Dropout draws from the global generator: without a stream of its own, every rank
         # would drop the same units in its share. Rank 0 keeps the single process's stream.
-        torch.manual_seed(_rank_seed(params.seed, rank))
+        torch.manual_seed(rank_seed(params.seed, rank))
     return Trainer(model, optimizer, make_schedule(optimizer, params.train, n_train),
                    torch.Generator(device=device).manual_seed(params.seed))
 
@@ -346,13 +281,13 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
     net = trainer.model if world == 1 else nn.parallel.DistributedDataParallel(
         trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    seconds = []
+    seconds, val_logits = [], None
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
         train_loss, train_acc = train_epoch(net, trainer.optimizer, x_train, y_train, config.batch_size,
                                             trainer.generator, trainer.schedule, augment, config.label_smoothing)
-        logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
-        val_loss, val_acc = loss_and_accuracy(logits, y_val)
+        val_logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
+        val_loss, val_acc = loss_and_accuracy(val_logits, y_val)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
         history.append(EpochRecord(epoch, *(round(v, 6) for v in (train_loss, train_acc, val_loss, val_acc))))
@@ -360,4 +295,4 @@ def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split,
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds[-1]:.2f}s")
         if resume is not None and epoch < config.epochs:
             trainer.save(resume, epoch, history)
-    return TrainResult(trainer.model, history, seconds, start_epoch)
+    return TrainResult(trainer.model, history, seconds, start_epoch, val_logits)
