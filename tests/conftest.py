@@ -26,10 +26,19 @@ def deterministic_torch():
 
     from mnistpipe.device import make_deterministic
 
-    make_deterministic(torch.device("cpu"))
+    restore = make_deterministic(torch.device("cpu"))
     yield
-    torch.set_flush_denormal(False)
-    torch.use_deterministic_algorithms(False)
+    restore()
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def same_weights(a: dict, b: dict) -> bool:

@@ -8,34 +8,33 @@ import torch
 from conftest import same_weights, synthetic_digits
 from mnistpipe.data.prepared import normalize
 from mnistpipe.evaluate import predict_logits
-from test_train import data, params, split, state, train  # noqa: F401  (data is a fixture)
+from test_train import data, params, state, train  # noqa: F401  (data is a fixture)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
 
 
-def train_on(device, data, **kw):
-    from mnistpipe.models import model_spec
-    from mnistpipe.train import run_training
-
+def train_on_gpu(data, **kw):
+    """Two epochs on the GPU, with the settings the train stage makes at its entry point."""
     from mnistpipe.device import make_deterministic
 
-    tr, val, meta = data
-    p = params(epochs=2, device="cuda", **kw)
-    make_deterministic(device)  # as the train stage does at its entry point
-    return run_training(p, model_spec(p.model, (28, 28), 10), meta, tr, val, device, log=lambda s: None)
+    restore = make_deterministic(CUDA)
+    try:
+        return train(params(epochs=2, device="cuda", **kw), data, device=CUDA)
+    finally:
+        restore()
 
 
 @pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "schedule": "onecycle", "augment": True, "lr": 0.01}])
 def test_two_gpu_runs_are_identical(data, kw):  # noqa: F811
-    a, b = train_on(CUDA, data, **kw), train_on(CUDA, data, **kw)
+    a, b = train_on_gpu(data, **kw), train_on_gpu(data, **kw)
     assert a.history == b.history
     assert same_weights(state(a.model), state(b.model))
 
 
 def test_same_weights_predict_the_same_on_cpu_and_gpu(data):  # noqa: F811
-    model = train_on(CUDA, data).model
+    model = train_on_gpu(data).model
     images, _ = synthetic_digits(1000, seed=5)
     x = normalize(torch.from_numpy(images), data[2].mean, data[2].std)
     gpu = predict_logits(model, x.to(CUDA), 1000).cpu()

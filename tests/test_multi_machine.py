@@ -55,7 +55,6 @@ def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
     # The project as a team shares it: git on `origin`, data in the default DVC remote.
     origin, remote = tmp_path / "origin.git", tmp_path / "dvc-remote"
     seed, env = make_repo(tmp_path, train={"epochs": 1})
-    env = {**env, "PYTHONPATH": str(seed / "src")}
     dvc(seed, env, "remote", "add", "-d", "storage", str(remote))
     dvc(seed, env, "repro")
     commit_all(seed, env, "baseline")

@@ -6,24 +6,19 @@ Hermetic: matplotlib's bundled fonts only, and synthetic digits in place of MNIS
 from __future__ import annotations
 
 import csv
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_digits
+from conftest import load_benchmark, synthetic_digits
 from mnistpipe.predict import ImageError, load_image, preprocess
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("non_mnist", REPO / "benchmarks" / "non_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("non_mnist")
 
 
 @pytest.fixture(scope="module")

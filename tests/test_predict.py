@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from mnistpipe.data.prepared import normalize
 from mnistpipe.models import build_model
 from mnistpipe.predict import ImageError, load_image, predict_files, preprocess
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 SPEC = {"arch": "mlp", "hidden": [16], "image_shape": [28, 28], "num_classes": 10}
 # A "4"-like figure in unit coordinates: asymmetric, so its centre of mass is not its box centre.
@@ -564,21 +563,10 @@ def test_user_style_photos_of_mnist_digits():
     Nothing in the preprocessing was tuned on these renderings. Measured with the
     784-128-64-10 MLP: clean 0.982, user-style 0.970 (seed 0), so the bar is 0.864.
     """
-    spec = importlib.util.spec_from_file_location("predict_robustness",
-                                                  REPO / "benchmarks" / "predict_robustness.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    r = bench.evaluate(Path(MIRROR), MODEL, n=500, seed=0)
+    r = load_benchmark("predict_robustness").evaluate(Path(MIRROR), MODEL, n=500, seed=0)
     print(f"clean accuracy {r['clean']:.4f}, user-style accuracy {r['user_style']:.4f}")
     assert r["failed"] == 0
     assert r["user_style"] >= 0.90 * r["clean"] - 0.02, r  # margin: sampling noise of 500 digits
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow

@@ -102,7 +102,8 @@ def test_fast_mode_lets_the_environment_choose(prepared, tmp_path):
 
 def test_thread_budget_must_be_a_positive_number(prepared, tmp_path):
     repo, env = prepared
-    bad = subprocess.run([sys.executable, "stages/train.py"], cwd=repo, capture_output=True, text=True,
+    work = shutil.copytree(repo, tmp_path / "repo", symlinks=True)  # were the check lost, it would train here
+    bad = subprocess.run([sys.executable, "stages/train.py"], cwd=work, capture_output=True, text=True,
                          env=clean_env(env, MNISTPIPE_THREADS="two"))
     assert bad.returncode == 2 and "MNISTPIPE_THREADS='two'" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -42,10 +42,10 @@ def params(**train):
     return parse_params(raw)
 
 
-def train(p, data, **kw):
+def train(p, data, device=CPU, **kw):
     tr, val, meta = data
     kw.setdefault("log", QUIET)
-    return run_training(p, model_spec(p.model, (28, 28), 10), meta, tr, val, CPU, **kw)
+    return run_training(p, model_spec(p.model, (28, 28), 10), meta, tr, val, device, **kw)
 
 
 def state(model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -24,8 +25,20 @@ def choose_device(requested: str, key: str = "train.device") -> torch.device:
     return torch.device(requested)
 
 
-def make_deterministic(device: torch.device, tf32: bool = False) -> None:
-    """Deterministic kernels everywhere; TF32 only when asked for (it changes results)."""
+def make_deterministic(device: torch.device, tf32: bool = False) -> Callable[[], None]:
+    """Deterministic kernels everywhere; TF32 only when asked for (it changes results).
+    Returns a function that puts every setting back (stages never need it; tests do)."""
+    backends = torch.backends
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+             backends.cudnn.benchmark, backends.cudnn.deterministic, backends.cuda.matmul.allow_tf32,
+             backends.cudnn.allow_tf32)
+
+    def restore() -> None:
+        torch.set_flush_denormal(False)
+        torch.use_deterministic_algorithms(saved[0])
+        (torch.utils.deterministic.fill_uninitialized_memory, backends.cudnn.benchmark, backends.cudnn.deterministic,
+         backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32) = saved[1:]
+
     if device.type == "cuda":
         # cuBLAS needs a fixed workspace to be deterministic; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -42,6 +55,7 @@ def make_deterministic(device: torch.device, tf32: bool = False) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    return restore
 
 
 def device_name(device: torch.device) -> str:
