@@ -16,10 +16,8 @@ README's earlier 12-epoch CNN) is timed on its first --old-epochs epochs and ext
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from mnistpipe.numerics import cpu_model, pin
+import results  # benchmarks/results.py
+from mnistpipe.numerics import pin
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 RECIPE = {  # the README's one command: dvc exp run -S ... with these
     "model.arch": "cnn", "model.cnn.channels": [16, 32], "model.cnn.fc": 128, "model.cnn.dropout": 0.0,
     "train.epochs": 6, "train.batch_size": 128, "train.lr": 0.01, "train.schedule": "onecycle",
@@ -44,8 +42,9 @@ OLD = {
 }
 
 
-def with_overrides(raw: dict, overrides: dict) -> dict:
-    raw = copy.deepcopy(raw)
+def recipe_params(overrides: dict) -> dict:
+    """params.yaml with `overrides` ({"train.lr": 0.01, ...}) applied: raw, before validation."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         node = raw
@@ -55,62 +54,59 @@ def with_overrides(raw: dict, overrides: dict) -> dict:
     return raw
 
 
-def worker(overrides: dict, seed: int, epochs: int | None, profile: int = 0) -> dict:
+def worker(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     """Train one seed in this process (numerics already pinned); its time and test accuracy.
-    profile > 0: one epoch on that many training images under torch.profiler instead; prints
-    where the time went (to stderr) and returns only the time."""
+    profile > 0: one epoch on that many training images under torch.profiler instead,
+    printing where the time went (to stderr)."""
     import torch
 
     from mnistpipe import paths
-    from mnistpipe.data.prepared import load_meta, load_split, normalize
+    from mnistpipe.data.prepared import Split, load_meta, load_split, normalize
     from mnistpipe.device import choose_device, make_deterministic
     from mnistpipe.evaluate import loss_and_accuracy, predict_logits
     from mnistpipe.models import model_spec
     from mnistpipe.params import parse_params
     from mnistpipe.train import run_training
 
-    raw = with_overrides(yaml.safe_load((ROOT / paths.PARAMS).read_text()), {**overrides, "seed": seed})
-    if epochs is not None:
-        raw["train"]["epochs"] = epochs
-    params = parse_params(raw)
+    params = parse_params(recipe_params({**overrides, "seed": seed}))
     device = choose_device(params.train.device)
     make_deterministic(device, params.train.tf32)
     prepared = ROOT / paths.PREPARED
     meta = load_meta(prepared)
-    train, val, test = (load_split(prepared, name) for name in ("train", "val", "test"))
+    train, val = (load_split(prepared, name) for name in ("train", "val"))
     spec = model_spec(params.model, meta.image_shape, meta.num_classes)
     if profile:
-        return profile_epoch(params, spec, meta, type(train)(train.images[:profile], train.labels[:profile]),
-                             type(val)(val.images[:1000], val.labels[:1000]), device)
+        return profile_epoch(params, spec, meta, Split(train.images[:profile], train.labels[:profile]),
+                             Split(val.images[:1000], val.labels[:1000]), device)
     t0 = time.perf_counter()
     result = run_training(params, spec, meta, train, val, device, log=lambda line: print(line, file=sys.stderr))
     seconds = time.perf_counter() - t0
+    test = load_split(prepared, "test")
     x = normalize(test.images, meta.mean, meta.std, device)
     accuracy = loss_and_accuracy(predict_logits(result.model, x, 2000), test.labels.to(device))[1]
     return {"seed": seed, "train_s": seconds, "epoch_s": result.seconds_per_epoch, "test_acc": accuracy,
             "epochs": params.train.epochs, "threads": torch.get_num_threads()}
 
 
-def profile_epoch(params, spec, meta, train, val, device) -> dict:
+def profile_epoch(params, spec, meta, train, val, device) -> None:
     import dataclasses
 
-    import torch
     from torch.profiler import profile
 
     from mnistpipe.train import run_training
 
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))
     with profile() as prof:
-        t0 = time.perf_counter()
         run_training(params, spec, meta, train, val, device, log=lambda line: None)
-        seconds = time.perf_counter() - t0
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
-    return {"train_s": seconds, "images": len(train), "threads": torch.get_num_threads()}
 
 
-def run(overrides: dict, seed: int, epochs: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps({"overrides": overrides, "seed": seed, "epochs": epochs})]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+def run(overrides: dict, seed: int, profile: int = 0) -> dict | None:
+    """`worker` in a process of its own (its numerics pinned before torch loads); the profile
+    goes to this process's stderr, a training run's epoch lines do not."""
+    job = json.dumps({"overrides": overrides, "seed": seed, "profile": profile})
+    out = subprocess.run([sys.executable, __file__, "--worker", job], check=True, text=True, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=None if profile else subprocess.PIPE)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -127,14 +123,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         job = json.loads(args.worker)
-        print(json.dumps(worker(job["overrides"], job["seed"], job["epochs"], job.get("profile", 0))))
+        print(json.dumps(worker(job["overrides"], job["seed"], job["profile"])))
         return
 
     recipe = {**RECIPE, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
-    if args.profile:  # the worker prints the profile; the time is the profiled (slower) one
-        job = {"overrides": recipe, "seed": 1, "epochs": None, "profile": args.profile}
-        subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+    if args.profile:
+        run(recipe, 1, args.profile)
         return
     runs = []
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else range(1, int(args.seeds) + 1)
@@ -152,31 +146,26 @@ def main() -> None:
           + (f" in {median_s:.1f} s (median)" if reached else ""))
     old_line = ""
     if args.old_epochs:
-        old = run(OLD, 1, args.old_epochs)
-        per_epoch = statistics.median(old["epoch_s"])
-        old_line = f"{per_epoch:.1f} s/epoch x 12 = {12 * per_epoch:.0f} s (timed {args.old_epochs} epochs)"
-        print(f"old recipe ([32, 64] fc128, batch 128, 12 epochs): {old_line}")
+        old = run({**OLD, "train.epochs": args.old_epochs}, 1)  # its epochs all take about as long
+        per_epoch, epochs = statistics.median(old["epoch_s"]), OLD["train.epochs"]
+        old_line = f"{per_epoch:.1f} s/epoch x {epochs} = {epochs * per_epoch:.0f} s (timed {args.old_epochs} epochs)"
+        print(f"old recipe ([32, 64] fc128, batch 128, {epochs} epochs): {old_line}")
     if args.record:
         record(recipe, runs, median_s, spread, min(accs), old_line)
 
 
 def record(recipe: dict, runs: list[dict], median_s: float, spread: str, low: float, old_line: str) -> None:
-    marker = "<!-- cnn_recipe rows -->\n"
     header = ("| date | machine | numerics, threads | recipe | seeds | median training s | s/epoch | "
               "test accuracy mean ± std (min) | old recipe |\n|---|---|---|---|---|---|---|---|---|\n")
-    text = RESULTS.read_text()
-    if marker not in text:
-        text += f"\n## CNN recipe (`python benchmarks/cnn_recipe.py`)\n\n{marker}{header}"
-    numerics = yaml.safe_load((ROOT / "params.yaml").read_text())["numerics"]
     epoch_s = statistics.median(s for r in runs for s in r["epoch_s"])
     changes = ", ".join(f"{k}={v}" for k, v in recipe.items())
-    row = (f"| {datetime.date.today()} | {cpu_model()[0]}, {os.cpu_count()} cores | {numerics}, "
+    row = (f"| {datetime.date.today()} | {results.machine()} | {recipe_params(recipe)['numerics']}, "
            f"{runs[0]['threads']} | {changes} | {len(runs)} | {median_s:.1f} | {epoch_s:.1f} | "
            f"{spread} ({low:.4f}) | {old_line or '-'} |\n")
-    RESULTS.write_text(text.replace(marker + header, marker + header + row))
+    results.add_row("cnn_recipe rows", header, row, "## CNN recipe (`python benchmarks/cnn_recipe.py`)")
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:  # the numerics mode must be set before torch loads
-        pin(yaml.safe_load((ROOT / "params.yaml").read_text())["numerics"])
+    if "--worker" in sys.argv:  # the run's numerics mode, pinned before torch loads
+        pin(recipe_params(json.loads(sys.argv[sys.argv.index("--worker") + 1])["overrides"])["numerics"])
     main()

@@ -68,8 +68,9 @@ from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from mnistpipe import paths
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BUNDLED_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 SYSTEM_FONTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -313,31 +314,23 @@ def report(result: dict) -> str:
 
 
 def record(info: dict, result: dict) -> None:
-    """Add a row under this benchmark's own heading in RESULTS.md (written whole, then replaced)."""
-    from mnistpipe.numerics import cpu_model
+    """Add a row under this benchmark's own heading in RESULTS.md."""
+    import results  # benchmarks/results.py, beside this script
 
-    marker = "<!-- non_mnist rows -->\n"
     header = ("| date | machine | model | set | overall (95% CI) | font-rendered | MNIST photographed | failed |\n"
               "|---|---|---|---|---|---|---|---|\n")
     g = result["groups"]
     acc = lambda key: f"{g[key]['accuracy']:.4f}" if key in g else "—"  # noqa: E731
-    row = (f"| {datetime.date.today()} | {cpu_model()[0] or 'unknown CPU'}, {os.cpu_count()} cores | "
+    row = (f"| {datetime.date.today()} | {results.machine()} | "
            f"{result['name']} (`{result['model']}`) | {info['n_font']} font ({info['faces']} faces) + "
            f"{info['n_mnist']} MNIST, seed {info['seed']}, sha256 {info['sha256'][:12]} | "
            f"{acc('overall')} ({g['overall']['ci95'][0]:.4f}–{g['overall']['ci95'][1]:.4f}) | "
            f"{acc('source font')} | {acc('source mnist')} | {result['failed']} |\n")
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if marker not in text:
-        text = text.rstrip("\n") + (
-            "\n\n## Non-MNIST digits (`python benchmarks/non_mnist.py`)\n\n"
-            "Digits rendered from fonts, distorted like handwriting and photographed, plus MNIST test\n"
-            "digits photographed; seeded, every range in the script's docstring. Unreadable files count\n"
-            "as wrong. The set depends on the fonts installed: compare rows with the same sha256.\n\n"
-            + marker + header)
-    text = text.replace(marker + header, marker + header + row)
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    results.add_row("non_mnist rows", header, row, (
+        "## Non-MNIST digits (`python benchmarks/non_mnist.py`)\n\n"
+        "Digits rendered from fonts, distorted like handwriting and photographed, plus MNIST test\n"
+        "digits photographed; seeded, every range in the script's docstring. Unreadable files count\n"
+        "as wrong. The set depends on the fonts installed: compare rows with the same sha256."))
 
 
 def main() -> None:
@@ -356,7 +349,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--record", action="store_true", help="add a row per model to benchmarks/RESULTS.md")
     args = parser.parse_args()
-    models = args.model or [REPO / "models" / "model.pt"]
+    models = args.model or [REPO / paths.MODEL]
     if args.n_font % 10 or args.n_mnist % 10 or args.n_font < 0 or args.n_mnist < 0:
         parser.error("--n-font and --n-mnist must be non-negative multiples of 10 (the set is balanced)")
     if args.n_mnist and not args.mirror:
@@ -408,7 +401,7 @@ def main() -> None:
     if args.record:
         for result in results:
             record(info, result)
-        print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
+        print("recorded in benchmarks/RESULTS.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mnistpipe import paths
+
 REPO = Path(__file__).resolve().parents[1]
 # name: (width, height) as displayed, the digit drawn, EXIF orientation (6: stored sideways),
 # progressive JPEG (cameras write baseline ones; progressive is the decoder's worst case)
@@ -103,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", choices=list(PHOTOS), default=list(PHOTOS))
     parser.add_argument("--repeat", type=int, default=3, help="runs per photo; the minimum is reported")
-    parser.add_argument("--model", type=Path, default=REPO / "models" / "model.pt")
+    parser.add_argument("--model", type=Path, default=REPO / paths.MODEL)
     parser.add_argument("--keep", type=Path, help="write the photos here (default: a temporary directory)")
     args = parser.parse_args()
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnistpipe.numerics import BUDGET_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
@@ -35,7 +37,7 @@ def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tupl
     for lr in lrs:
         sh(*dvc, "exp", "run", "--queue", "-n", f"lr{lr}-j{jobs}", "-S", f"train.lr={lr}",
            "-S", f"train.epochs={epochs}", cwd=repo, env=env)
-    budget = {**env, "MNISTPIPE_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    budget = {**env, BUDGET_ENV: str(max(1, (os.cpu_count() or 1) // jobs))}
     t0 = time.perf_counter()
     sh(*dvc, "queue", "start", "-j", str(jobs), cwd=repo, env=budget)
     while True:

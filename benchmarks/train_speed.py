@@ -30,13 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistpipe.numerics import cpu_model, pin
+from mnistpipe.numerics import pin
 
 if __name__ == "__main__":  # a worker's numerics mode must be set before torch loads
     _pre = argparse.ArgumentParser(add_help=False)
     _pre.add_argument("--numerics", default="fast")
     pin(_pre.parse_known_args()[0].numerics)
 
+import results  # noqa: E402  (benchmarks/results.py)
 import torch  # noqa: E402
 
 from mnistpipe.data.prepared import normalize, pixel_stats, read_raw  # noqa: E402
@@ -47,7 +48,6 @@ from mnistpipe.params import load_params  # noqa: E402
 from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def raw_dir() -> Path:
@@ -184,7 +184,7 @@ def main() -> None:
     cost = median["portable"] / median["fast"]
     prepared = sum(p.stat().st_size for p in (ROOT / "data/prepared").glob("*")) / 1e6 \
         if (ROOT / "data/prepared").is_dir() else float("nan")
-    machine = f"{cpu_name()}, {os.cpu_count()} cores; {device_name(device)}"
+    machine = f"{results.machine()}; {device_name(device)}"
     lines = [
         f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}",
         f"model {params.model.hidden} batch {params.train.batch_size} {params.train.optimizer} "
@@ -202,10 +202,6 @@ def main() -> None:
         record(machine, args, res, ratio, cost, prepared)
 
 
-def cpu_name() -> str:
-    return cpu_model()[0] or platform.machine()
-
-
 def record(machine: str, args, res: dict, ratio: float, cost: float, prepared: float) -> None:
     header = ("| date | machine | torch | epochs | tutorial s/epoch | portable s/epoch | fast s/epoch | "
               "speed-up (tutorial / portable) | portable cost (portable / fast) | "
@@ -216,14 +212,8 @@ def record(machine: str, args, res: dict, ratio: float, cost: float, prepared: f
            f"{summary(tut['epoch_s'])} | {summary(por['epoch_s'])} | {summary(fast['epoch_s'])} | "
            f"{ratio:.1f}x | {cost:.2f}x | {tut['test_acc']:.4f} / {por['test_acc']:.4f} / {fast['test_acc']:.4f} | "
            f"{por['eval_s']:.3f} | {tut['peak_rss_mb']:.0f} / {por['peak_rss_mb']:.0f} |\n")
-    marker = "<!-- train_speed rows: portable and fast -->\n"
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    if marker not in text:
-        text += f"\n## Training speed (`python benchmarks/train_speed.py`)\n\n{marker}"
-    if marker + header not in text:
-        text = text.replace(marker, marker + header)
-    text = text.replace(marker + header, marker + header + row)
-    RESULTS.write_text(text)
+    results.add_row("train_speed rows: portable and fast", header, row,
+                    "## Training speed (`python benchmarks/train_speed.py`)")
 
 
 if __name__ == "__main__":

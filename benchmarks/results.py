@@ -1,0 +1,30 @@
+"""benchmarks/RESULTS.md: each benchmark adds its rows under its own marker and table header."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from mnistpipe.atomic import write_text
+from mnistpipe.numerics import cpu_model
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """How rows name the machine: the CPU's model name and its core count."""
+    return f"{cpu_model()[0] or platform.machine()}, {os.cpu_count()} cores"
+
+
+def add_row(marker: str, header: str, row: str, section: str) -> None:
+    """Put `row` first in the table that follows `marker` and `header`. Without the marker,
+    `section` (a heading and its text) starts a new section at the end; without the header
+    (an older table), it goes in above the rows. Written whole, then replaced."""
+    marker = f"<!-- {marker} -->\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if marker not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{marker}"
+    if marker + header not in text:
+        text = text.replace(marker, marker + header)
+    write_text(RESULTS, text.replace(marker + header, marker + header + row))
