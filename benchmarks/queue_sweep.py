@@ -31,6 +31,29 @@ def sh(*cmd: str, cwd: Path, env: dict) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+def wait_for_experiments(repo: Path, env: dict, names: set[str]) -> float:
+    """Wait until every experiment in `names` has its git ref; returns the time it did.
+
+    A finished experiment leaves a ref under refs/exps, which `git for-each-ref` reads in
+    milliseconds; `dvc queue status` starts a Python process that took 1-2 s of CPU, and
+    polling it every second weighed on the very workers being timed. So it runs only every
+    15 s, to notice a failed experiment (which leaves no ref)."""
+    def finished() -> bool:
+        refs = sh("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=repo, env=env)
+        return names <= {ref.rsplit("/", 1)[-1] for ref in refs.split()}
+
+    last_status = time.perf_counter()
+    while not finished():
+        if time.perf_counter() - last_status > 15:
+            status = sh(sys.executable, "-m", "dvc", "queue", "status", cwd=repo, env=env)
+            stopped = "Failed" in status or ("Queued" not in status and "Running" not in status)
+            if stopped and not finished():  # finished(): it may have ended since the refs were read
+                sys.exit(f"the queue stopped before every experiment finished:\n{status}")
+            last_status = time.perf_counter()
+        time.sleep(0.2)
+    return time.perf_counter()
+
+
 def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tuple[float, dict[str, str]]:
     """Queue one experiment per lr, run the queue with `jobs` workers; (seconds, lr -> eval.json)."""
     dvc = [sys.executable, "-m", "dvc"]
@@ -40,14 +63,7 @@ def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tupl
     budget = {**env, BUDGET_ENV: str(max(1, (os.cpu_count() or 1) // jobs))}
     t0 = time.perf_counter()
     sh(*dvc, "queue", "start", "-j", str(jobs), cwd=repo, env=budget)
-    while True:
-        status = sh(*dvc, "queue", "status", cwd=repo, env=env)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(1)
-    seconds = time.perf_counter() - t0
-    if "Failed" in status:
-        sys.exit(f"an experiment failed:\n{status}")
+    seconds = wait_for_experiments(repo, env, {f"lr{lr}-j{jobs}" for lr in lrs}) - t0
     shown = json.loads(sh(*dvc, "exp", "show", "--json", cwd=repo, env=env))
     metrics = {}
     for baseline in shown:

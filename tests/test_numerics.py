@@ -1,4 +1,5 @@
-"""Portable matrix products: each output is one fused multiply-add chain in index order.
+"""Portable matrix products: each output is a fused multiply-add chain in index order, over
+blocks of 1,024 terms, each block's chain added to the sum of the blocks before it.
 
 That order is defined by the math, not by the machine, so a CPU that computes it gives
 the same bits as any other. The check runs in a subprocess: numerics.pin must come
@@ -18,10 +19,13 @@ import pytest
 from mnistpipe.numerics import OVERRIDDEN_PREFIXES
 
 # The matrix products of the default MLP's training (784-128-64-10, batch 64, a last batch
-# of 23) and evaluation (larger batches), as (M, K, N) of (M x K) @ (K x N), plus the widest
-# reduction the guarantee covers.
+# of 23) and evaluation (larger batches), as (M, K, N) of (M x K) @ (K x N); the widest single
+# block; the CNNs' first dense layers (32 or 64 channels of 7x7: several blocks, the last one
+# partial); a single image (one row) and a single output (one column).
 SHAPES = [(64, 784, 128), (128, 64, 784), (64, 128, 64), (64, 64, 128), (64, 64, 10), (10, 64, 64),
-          (64, 10, 64), (23, 784, 128), (23, 64, 10), (512, 784, 128), (2048, 64, 10), (64, 1024, 16)]
+          (64, 10, 64), (23, 784, 128), (23, 64, 10), (512, 784, 128), (2048, 64, 10), (64, 1024, 16),
+          (16, 1568, 32), (8, 3136, 16), (5, 2100, 10), (1, 784, 128), (64, 784, 1), (1, 64, 1)]
+BLOCK = 1024
 
 PROGRAM = """
 import json, sys
@@ -43,6 +47,9 @@ extras = {"float64": (torch.mm(a64, a64.t()) - reference).abs().max().item(),
           "empty": list(torch.mm(torch.randn(0, 3), torch.randn(3, 4)).shape),
           "scaled": torch.equal(torch.addmm(torch.ones(2), torch.eye(2), torch.eye(2), beta=0.5, alpha=2),
                                 torch.tensor([[2.5, 0.5], [0.5, 2.5]]))}
+row, column = torch.randn(1, 300), torch.randn(300, 1)  # broadcast (zero-stride) operands
+extras["broadcast"] = {"row": row.tolist(), "column": column.tolist(),
+                       "mm": torch.mm(row.expand(3, -1), column.expand(-1, 2)).tolist()}
 print(json.dumps({"products": out, "extras": extras}))
 """
 
@@ -60,6 +67,14 @@ def fma_chain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return acc
 
 
+def blocked_fma_chain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a @ b) in float32: fma_chain over each block of BLOCK terms, added to the blocks' sum so far."""
+    total = fma_chain(a[:, :BLOCK], b[:BLOCK])
+    for start in range(BLOCK, a.shape[1], BLOCK):
+        total = total + fma_chain(a[:, start:start + BLOCK], b[start:start + BLOCK])  # float32 + float32
+    return total
+
+
 @pytest.fixture(scope="module")
 def portable() -> dict:
     """PROGRAM's output: one subprocess for the module."""
@@ -73,7 +88,7 @@ def test_portable_products_are_the_index_order_fma_chain(portable):
     result = portable
     for (m, k, n), case in zip(SHAPES, result["products"]):
         a, b, bias = (np.array(case[key], np.float32) for key in ("a", "b", "bias"))
-        expected = fma_chain(a, b)
+        expected = blocked_fma_chain(a, b)
         for key in ("mm", "mm_transposed"):
             np.testing.assert_array_equal(np.array(case[key], np.float32), expected, err_msg=f"{key} {(m, k, n)}")
         for key in ("addmm", "linear"):  # the bias is added once, after the chain
@@ -86,3 +101,10 @@ def test_other_products_keep_their_meaning(portable):
     assert extras["float64"] < 1e-12  # other dtypes take ATen's own path
     assert extras["empty"] == [0, 4]
     assert extras["scaled"] is True  # addmm's beta and alpha
+
+
+def test_broadcast_operands_are_the_chain_too(portable):
+    case = portable["extras"]["broadcast"]
+    row, column = np.array(case["row"], np.float32), np.array(case["column"], np.float32)
+    expected = blocked_fma_chain(np.repeat(row, 3, 0), np.repeat(column, 2, 1))
+    np.testing.assert_array_equal(np.array(case["mm"], np.float32), expected)

@@ -5,9 +5,11 @@ with AVX2, Intel or AMD, whatever the core count or the user's environment:
 
 - ATen (PyTorch's own kernels) runs its AVX2 build, not AVX-512 where the CPU has it;
 - float32 matrix products (every Linear layer's, forward and backward) run on oneDNN's
-  AVX2 kernels, which for reductions of up to 1,024 terms compute each output as one
-  fused multiply-add chain in index order: a result defined by the math, not by the
-  CPU's cache sizes or thread count (tests/test_numerics.py checks it against that chain);
+  AVX2 kernels, which compute each output as one fused multiply-add chain in index order,
+  over consecutive blocks of 1,024 terms, each block's chain added to the sum of those
+  before it: a result defined by the math, not by the CPU's cache sizes, vendor or thread
+  count (tests/test_numerics.py checks it against that definition; in oneDNN v3.12's
+  source the block is a constant, `default_k_blk = 1024` in brgemm_matmul_utils.cpp);
 - MKL, for what remains (the CNN's convolutions), runs its COMPATIBLE branch, the one
   code path it keeps on every vendor's CPU (other branches are honoured only on Intel);
 - oneDNN's JIT is capped at AVX2 and its convolutions are switched off (their sums
@@ -111,14 +113,30 @@ def _route_matmuls_to_onednn(torch) -> None:
     def handled(a, b) -> bool:
         return a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2 and a.numel() and b.numel()
 
-    def mm(a, b):  # oneDNN's linear computes input @ weight.T
+    def chain(a, b, bias):
+        """a @ b (+ bias, once, after the sums) on oneDNN's linear, which computes input @ weight.T.
+
+        oneDNN hands some products to other kernels (its sgemm, a gemv, a reference loop)
+        whose sums are not the chain: a single row or column, and zero-stride (broadcast)
+        operands. So those are copied: a row or column twice (the copy's result is dropped)."""
+        m, n = a.shape[0], b.shape[1]
+        if m == 1 or 0 in a.stride():  # m == 1: a last batch of one image; predict on one image
+            a = a.repeat(2 if m == 1 else 1, 1)
+        if n == 1 or 0 in b.stride():
+            b = b.repeat(1, 2 if n == 1 else 1)
+            if n == 1 and bias is not None:
+                bias = bias.repeat(2)
+        out = linear.default(a, b.t(), bias, "none", [], "")
+        return out[:m, :n].contiguous() if m == 1 or n == 1 else out
+
+    def mm(a, b):
         if handled(a, b):
-            return linear.default(a, b.t(), None, "none", [], "")
+            return chain(a, b, None)
         return torch.mm(a, b, out=a.new_empty(a.shape[0], b.shape[1]))  # mm.out: ATen's own kernel
 
     def addmm(bias, a, b, *, beta=1, alpha=1):
         if handled(a, b) and beta == alpha == 1 and bias.shape == (b.shape[1],) and bias.dtype == a.dtype:
-            return linear.default(a, b.t(), bias, "none", [], "")  # the chain, then + bias
+            return chain(a, b, bias)
         return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=a.new_empty(a.shape[0], b.shape[1]))
 
     import warnings
