@@ -1,0 +1,117 @@
+"""Where the cost of portable numerics goes: one training step of the default MLP, four ways.
+
+    fast               the libraries choose (on an AVX-512 CPU: MKL's AVX-512 matrix products)
+    + python kernel    fast, but every float32 mm/addmm goes through a Python kernel, back to MKL
+    + oneDNN           fast, but every mm/addmm goes to oneDNN's matmul, its ISA not capped
+    portable           the default: oneDNN capped at AVX2, ATen's AVX2 kernels, 2 threads
+
+Each step adds one thing to the one before, so the differences between rows are the costs
+of the Python kernel, of oneDNN's per-call overhead (against MKL), and of AVX2 instead of
+AVX-512. Each way runs in its own subprocess (the libraries read their settings when torch
+loads); rounds interleave the ways, so a slow spell on a shared machine hits them all.
+Random data of MNIST's shape: the timing does not depend on the pixels.
+
+    python benchmarks/portable_cost.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnistpipe.numerics import pin
+
+WAYS = ["fast", "+ python kernel", "+ oneDNN", "portable"]
+
+if __name__ == "__main__" and "--worker" in sys.argv:  # numerics must be pinned before torch loads
+    pin("portable" if sys.argv[sys.argv.index("--worker") + 1] == "portable" else "fast")
+
+import results  # noqa: E402  (benchmarks/results.py)
+import torch  # noqa: E402
+
+from mnistpipe import numerics  # noqa: E402
+from mnistpipe.device import make_deterministic  # noqa: E402
+from mnistpipe.models import build_model, model_spec  # noqa: E402
+from mnistpipe.params import load_params  # noqa: E402
+from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN = 60_000
+
+
+def route_to_mkl_through_python() -> object:
+    """The Python kernel of numerics' routing, calling ATen's own (MKL) product: its cost alone."""
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("mm", lambda a, b: torch.mm(a, b, out=a.new_empty(a.shape[0], b.shape[1])), "CPU")
+    lib.impl("addmm", lambda bias, a, b, *, beta=1, alpha=1: torch.addmm(
+        bias, a, b, beta=beta, alpha=alpha, out=a.new_empty(a.shape[0], b.shape[1])), "CPU")
+    return lib  # the registration lasts as long as this object
+
+
+def worker(way: str, epochs: int) -> dict:
+    keep = route_to_mkl_through_python() if way == "+ python kernel" else None  # noqa: F841
+    if way == "+ oneDNN":
+        numerics._route_matmuls_to_onednn(torch)
+    make_deterministic(torch.device("cpu"))
+    params = load_params(ROOT / "params.yaml")
+    torch.manual_seed(0)
+    model = build_model(model_spec(params.model, (28, 28), 10))
+    optimizer = make_optimizer(model, params.train)
+    x, y = torch.randn(N_TRAIN, 1, 28, 28), torch.randint(0, 10, (N_TRAIN,))
+    generator = torch.Generator().manual_seed(0)
+    train_epoch(model, optimizer, x, y, params.train.batch_size, generator)  # warm-up
+    steps = -(-N_TRAIN // params.train.batch_size)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        train_epoch(model, optimizer, x, y, params.train.batch_size, generator)
+        times.append((time.perf_counter() - t0) / steps * 1e6)
+    return {"us_per_step": times}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--worker", choices=WAYS, help=argparse.SUPPRESS)
+    ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.epochs)))
+        return
+    steps: dict[str, list[float]] = {way: [] for way in WAYS}
+    for _ in range(args.rounds):
+        for way in WAYS:
+            out = subprocess.run([sys.executable, __file__, "--worker", way, "--epochs", str(args.epochs)],
+                                 check=True, capture_output=True, text=True)
+            steps[way] += json.loads(out.stdout.strip().splitlines()[-1])["us_per_step"]
+    median = {way: statistics.median(t) for way, t in steps.items()}
+    print(f"{results.machine()}; torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs")
+    previous = None
+    for way in WAYS:
+        added = "" if previous is None else f"{median[way] - median[previous]:+6.0f} µs"
+        print(f"{way:16s} {median[way]:6.0f} µs/step ({min(steps[way]):.0f}–{max(steps[way]):.0f}) {added}")
+        previous = way
+    cost = median["portable"] / median["fast"]
+    print(f"portable / fast: {cost:.2f}x")
+    if not args.no_record:
+        header = ("| date | machine | torch | rounds × epochs | fast µs/step | + python kernel | + oneDNN | "
+                  "portable | portable / fast |\n|---|---|---|---|---|---|---|---|---|\n")
+        cells = " | ".join(f"{median[w]:.0f}" for w in WAYS)
+        row = (f"| {time.strftime('%Y-%m-%d')} | {results.machine()} | {torch.__version__} | "
+               f"{args.rounds}×{args.epochs} | {cells} | {cost:.2f}x |\n")
+        results.add_row("portable_cost rows", header, row,
+                        "## Where portable's cost goes (`python benchmarks/portable_cost.py`)\n\n"
+                        "Microseconds per training step of the default MLP (batch 64, random data of "
+                        "MNIST's shape), median over the rounds; each column adds one thing to the "
+                        "one before: a Python kernel for every matrix product, oneDNN instead of MKL, "
+                        "then the rest of portable (AVX2 cap, ATen AVX2).")
+
+
+if __name__ == "__main__":
+    main()
