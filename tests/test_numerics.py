@@ -19,11 +19,11 @@ import pytest
 from mnistpipe.numerics import OVERRIDDEN_PREFIXES
 
 # The matrix products of the default MLP's training (784-128-64-10, batch 64, a last batch
-# of 23) and evaluation (larger batches), as (M, K, N) of (M x K) @ (K x N); the widest single
+# of 24) and evaluation (larger batches), as (M, K, N) of (M x K) @ (K x N); the widest single
 # block; the CNNs' first dense layers (32 or 64 channels of 7x7: several blocks, the last one
 # partial); a single image (one row) and a single output (one column).
 SHAPES = [(64, 784, 128), (128, 64, 784), (64, 128, 64), (64, 64, 128), (64, 64, 10), (10, 64, 64),
-          (64, 10, 64), (23, 784, 128), (23, 64, 10), (512, 784, 128), (2048, 64, 10), (64, 1024, 16),
+          (64, 10, 64), (24, 784, 128), (24, 64, 10), (512, 784, 128), (2048, 64, 10), (64, 1024, 16),
           (16, 1568, 32), (8, 3136, 16), (5, 2100, 10), (1, 784, 128), (64, 784, 1), (1, 64, 1)]
 BLOCK = 1024
 
