@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistpipe.numerics import BUDGET_ENV
+from mnistpipe.numerics import BUDGET_ENV, share_of_cores
 
 ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
 
@@ -31,8 +32,8 @@ def sh(*cmd: str, cwd: Path, env: dict) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def wait_for_experiments(repo: Path, env: dict, names: set[str]) -> float:
-    """Wait until every experiment in `names` has its git ref; returns the time it did.
+def wait_for_experiments(repo: Path, env: dict, names: set[str]) -> None:
+    """Wait until every experiment in `names` has its git ref.
 
     A finished experiment leaves a ref under refs/exps, which `git for-each-ref` reads in
     milliseconds; `dvc queue status` starts a Python process that took 1-2 s of CPU, and
@@ -45,34 +46,33 @@ def wait_for_experiments(repo: Path, env: dict, names: set[str]) -> float:
     last_status = time.perf_counter()
     while not finished():
         if time.perf_counter() - last_status > 15:
-            status = sh(sys.executable, "-m", "dvc", "queue", "status", cwd=repo, env=env)
+            status = sh(*DVC, "queue", "status", cwd=repo, env=env)
             stopped = "Failed" in status or ("Queued" not in status and "Running" not in status)
             if stopped and not finished():  # finished(): it may have ended since the refs were read
                 sys.exit(f"the queue stopped before every experiment finished:\n{status}")
             last_status = time.perf_counter()
         time.sleep(0.2)
-    return time.perf_counter()
 
 
 def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tuple[float, dict[str, str]]:
     """Queue one experiment per lr, run the queue with `jobs` workers; (seconds, lr -> eval.json)."""
-    dvc = [sys.executable, "-m", "dvc"]
-    for lr in lrs:
-        sh(*dvc, "exp", "run", "--queue", "-n", f"lr{lr}-j{jobs}", "-S", f"train.lr={lr}",
+    names = {f"lr{lr}-j{jobs}": lr for lr in lrs}
+    for name, lr in names.items():
+        sh(*DVC, "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}",
            "-S", f"train.epochs={epochs}", cwd=repo, env=env)
-    budget = {**env, BUDGET_ENV: str(max(1, (os.cpu_count() or 1) // jobs))}
+    budget = {**env, BUDGET_ENV: str(share_of_cores(jobs))}
     t0 = time.perf_counter()
-    sh(*dvc, "queue", "start", "-j", str(jobs), cwd=repo, env=budget)
-    seconds = wait_for_experiments(repo, env, {f"lr{lr}-j{jobs}" for lr in lrs}) - t0
-    shown = json.loads(sh(*dvc, "exp", "show", "--json", cwd=repo, env=env))
+    sh(*DVC, "queue", "start", "-j", str(jobs), cwd=repo, env=budget)
+    wait_for_experiments(repo, env, set(names))
+    seconds = time.perf_counter() - t0
+    shown = json.loads(sh(*DVC, "exp", "show", "--json", cwd=repo, env=env))
     metrics = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
-                name = rev.get("name") or ""
-                if name.endswith(f"-j{jobs}"):
+                if rev.get("name") in names:
                     data = rev["data"]["metrics"]["metrics/eval.json"]["data"]
-                    metrics[name.removesuffix(f"-j{jobs}")] = json.dumps(data, sort_keys=True)
+                    metrics[names[rev["name"]]] = json.dumps(data, sort_keys=True)
     return seconds, metrics
 
 
@@ -87,12 +87,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         sh("git", "clone", "-q", str(ROOT), str(repo), cwd=Path(tmp), env=env)
-        sh(sys.executable, "-m", "dvc", "repro", "prepare", cwd=repo, env=env)
+        sh(*DVC, "repro", "prepare", cwd=repo, env=env)
         one = sweep(repo, env, lrs, args.epochs, 1)
         many = sweep(repo, env, lrs, args.epochs, args.jobs)
     same = one[1] == many[1] and len(one[1]) == len(lrs)
     print(f"{len(lrs)} experiments of {args.epochs} epochs on {os.cpu_count()} cores")
-    print(f"-j 1: {one[0]:.1f} s; -j {args.jobs} ({max(1, (os.cpu_count() or 1) // args.jobs)} threads each): "
+    print(f"-j 1: {one[0]:.1f} s; -j {args.jobs} ({share_of_cores(args.jobs)} threads each): "
           f"{many[0]:.1f} s; ratio {one[0] / many[0]:.2f}x")
     print(f"metrics identical between the two: {same}")
     if not same:

@@ -59,7 +59,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
 
     metrics, per_class = classification_metrics(logits, test.labels)
-    raw, calibrated = (probabilities(logits.float().cpu(), t) for t in (1.0, temperature))
+    logits = logits.float().cpu()
+    raw, calibrated = (probabilities(logits, t) for t in (1.0, temperature))
     metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
                 "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
     confidence, predicted = calibrated.max(1)

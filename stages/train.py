@@ -26,7 +26,7 @@ from mnistpipe.data.prepared import load_meta, load_split  # noqa: E402
 from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb  # noqa: E402
 from mnistpipe.errors import UserError, exit_on_user_error  # noqa: E402
 from mnistpipe.models import count_parameters, model_spec  # noqa: E402
-from mnistpipe.numerics import BUDGET_ENV, machine_facts  # noqa: E402
+from mnistpipe.numerics import BUDGET_ENV, machine_facts, share_of_cores  # noqa: E402
 from mnistpipe.distributed import close_distributed, init_distributed, is_main, rank_and_world  # noqa: E402
 from mnistpipe.train import Resume, data_digest, run_fingerprint, run_training  # noqa: E402
 
@@ -41,8 +41,7 @@ def relaunch_under_torchrun(processes: int, device) -> None:
     if device.type == "cuda" and processes > torch.cuda.device_count():
         raise UserError(f"params.yaml: train.processes: {processes} processes need as many GPUs, and this "
                         f"machine has {torch.cuda.device_count()}; lower train.processes")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ.setdefault(BUDGET_ENV, str(max(1, cores // processes)))
+    os.environ.setdefault(BUDGET_ENV, str(share_of_cores(processes)))
     print(f"train.processes is {processes}: restarting under torchrun", file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc-per-node={processes}", *sys.argv])

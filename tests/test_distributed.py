@@ -23,7 +23,7 @@ import yaml
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
 from mnistpipe.errors import UserError
-from mnistpipe.numerics import BUDGET_ENV, THREADS
+from mnistpipe.numerics import BUDGET_ENV, THREADS, share_of_cores
 from mnistpipe.distributed import is_main, rank_and_world, shard
 from mnistpipe.train import make_augment
 from test_train import data, params, train  # noqa: F401  (data is a fixture)
@@ -199,9 +199,8 @@ def test_two_processes_write_once_and_train_like_one(one_process, two_processes)
     one, _ = one_process
     two, result = two_processes
     facts = log(two)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert facts["processes"] == 2
-    assert facts["threads"] == min(THREADS, max(1, cores // 2)), "each process takes its share of the cores"
+    assert facts["threads"] == min(THREADS, share_of_cores(2)), "each process takes its share of the cores"
 
     # Rank 0 alone writes: each output once, the resume checkpoint after each epoch but the last.
     recorded = writes(two)

@@ -49,11 +49,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def warn_stale_exports(model_path) -> None:
     """An export made before the last retraining must not pass for the current model."""
-    from .export import stale_exports
+    from .export import SUFFIXES, stale_exports
 
     for path in stale_exports(model_path):
         print(f"warning: {path} was exported from other weights than {model_path}; "
-              f"rerun `mnistpipe export{' --format pt2' if path.suffix == '.pt2' else ''}`", file=sys.stderr)
+              f"rerun `mnistpipe export{' --format pt2' if path.suffix == SUFFIXES['pt2'] else ''}`",
+              file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -66,15 +66,15 @@ def default_output(model_path: str | Path, fmt: str) -> Path:
 def exported_from(export: Path) -> str | None:
     """The source_sha256 an export was stamped with (None if unreadable). Read without onnx:
     in the ONNX protobuf a metadata value follows its key as a 64-byte string field."""
-    data = Path(export).read_bytes()
+    export = Path(export)
     if export.suffix == SUFFIXES["pt2"]:
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        try:  # the zip's directory and one member, not the whole archive
+            with zipfile.ZipFile(export) as archive:
                 name = next(n for n in archive.namelist() if n.endswith("extra/mnistpipe.json"))
                 return json.loads(archive.read(name))["source_sha256"]
         except (zipfile.BadZipFile, StopIteration, KeyError, ValueError):
             return None
-    found = re.search(rb"source_sha256\x12\x40([0-9a-f]{64})", data)
+    found = re.search(rb"source_sha256\x12\x40([0-9a-f]{64})", export.read_bytes())
     return found[1].decode() if found else None
 
 
@@ -139,8 +139,9 @@ def _onnx_program(model: nn.Module, spec: dict[str, Any]):
     if not _torch_at_least(2, 6):
         raise UserError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__}); "
                         "upgrade torch or use --format pt2")
-    try:
-        import onnxscript  # noqa: F401  (the exporter imports it; fail early with a clear message)
+    try:  # the exporter imports onnxscript, and to_onnx onnx: fail early with a clear message
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError as exc:
         raise UserError(f"ONNX export needs the packages onnx and onnxscript ({exc}); "
                         f"install them: {EXTRAS_HINT}") from None
@@ -161,13 +162,9 @@ def _onnx_program(model: nn.Module, spec: dict[str, Any]):
 
 def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[bytes, float | None]:
     """Serialized ONNX model (checked), and the max |logit diff| vs PyTorch if onnxruntime is here."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise UserError(f"ONNX export needs the packages onnx and onnxscript ({exc}); "
-                        f"install them: {EXTRAS_HINT}") from None
     spec = ckpt["spec"]
     proto = _onnx_program(model, spec).model_proto
+    import onnx  # _onnx_program checked that it is installed
     proto.doc_string = (f"mnistpipe {spec['arch']} digit classifier. Input '{INPUT_NAME}': "
                         f"float32 [batch, 1, H, W] = (pixels/255 - mean)/std (see metadata 'mean', "
                         f"'std'). Output '{OUTPUT_NAME}': logits [batch, num_classes].")

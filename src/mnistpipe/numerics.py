@@ -52,6 +52,12 @@ PORTABLE_ENV = {
 OVERRIDDEN_PREFIXES = ("MKL_", "ONEDNN_", "DNNL_")
 
 
+def share_of_cores(workers: int) -> int:
+    """Threads per process when `workers` processes share the cores this one may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
 def thread_budget(mode: str) -> int | None:
     """Intra-op threads for `mode` under $MNISTPIPE_THREADS; None: the libraries choose."""
     from .errors import UserError

@@ -1,4 +1,4 @@
-"""The IDX file format (MNIST's): parse with validation, and write (for tests and tools).
+"""The IDX file format (MNIST's): parse with validation. (Tests write it: tests/conftest.py.)
 
 Layout: 2 zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
 then each dimension as a big-endian uint32, then the data in C order.
