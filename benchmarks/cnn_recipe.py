@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,9 +104,7 @@ def run(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     """`worker` in a process of its own (its numerics pinned before torch loads); the profile
     goes to this process's stderr, a training run's epoch lines do not."""
     job = json.dumps({"overrides": overrides, "seed": seed, "profile": profile})
-    out = subprocess.run([sys.executable, __file__, "--worker", job], check=True, text=True, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=None if profile else subprocess.PIPE)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return results.run_worker(__file__, job, show_stderr=bool(profile))
 
 
 def main() -> None:

@@ -51,7 +51,6 @@ import argparse
 import csv
 import datetime
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -75,14 +74,6 @@ BUNDLED_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 SYSTEM_FONTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 GLYPH_PX = 128  # font size the glyphs are rendered at, before being sized for the sheet
-
-
-def _load_user_style():
-    """predict_robustness.user_style, imported from its file (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("predict_robustness", REPO / "benchmarks" / "predict_robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.user_style
 
 
 # ---------------------------------------------------------------- fonts
@@ -242,7 +233,7 @@ def generate(out: Path, seed: int, faces: list[Face], n_font: int,
                      "family": face.family, "style": face.style})
         (out / rows[-1]["file"]).write_bytes(data)
     if n_mnist:
-        user_style = _load_user_style()
+        from predict_robustness import user_style  # benchmarks/, beside this script
         images, labels = mnist
         pick = np.random.default_rng([seed, 1])
         chosen = [pick.choice(np.flatnonzero(labels == d), n_mnist // 10, replace=False) for d in range(10)]

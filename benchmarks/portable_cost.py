@@ -17,13 +17,14 @@ Random data of MNIST's shape: the timing does not depend on the pixels.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import results  # benchmarks/results.py; it does not load torch
 from mnistpipe.numerics import pin
 
 WAYS = ["fast", "+ python kernel", "+ oneDNN", "portable"]
@@ -31,7 +32,6 @@ WAYS = ["fast", "+ python kernel", "+ oneDNN", "portable"]
 if __name__ == "__main__" and "--worker" in sys.argv:  # numerics must be pinned before torch loads
     pin("portable" if sys.argv[sys.argv.index("--worker") + 1] == "portable" else "fast")
 
-import results  # noqa: E402  (benchmarks/results.py)
 import torch  # noqa: E402
 
 from mnistpipe import numerics  # noqa: E402
@@ -87,11 +87,10 @@ def main() -> None:
     steps: dict[str, list[float]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
         for way in WAYS:
-            out = subprocess.run([sys.executable, __file__, "--worker", way, "--epochs", str(args.epochs)],
-                                 check=True, capture_output=True, text=True)
-            steps[way] += json.loads(out.stdout.strip().splitlines()[-1])["us_per_step"]
+            steps[way] += results.run_worker(__file__, way, "--epochs", str(args.epochs))["us_per_step"]
     median = {way: statistics.median(t) for way, t in steps.items()}
-    print(f"{results.machine()}; torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs")
+    machine = results.machine()
+    print(f"{machine}; torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs")
     previous = None
     for way in WAYS:
         added = "" if previous is None else f"{median[way] - median[previous]:+6.0f} µs"
@@ -103,7 +102,7 @@ def main() -> None:
         header = ("| date | machine | torch | rounds × epochs | fast µs/step | + python kernel | + oneDNN | "
                   "portable | portable / fast |\n|---|---|---|---|---|---|---|---|---|\n")
         cells = " | ".join(f"{median[w]:.0f}" for w in WAYS)
-        row = (f"| {time.strftime('%Y-%m-%d')} | {results.machine()} | {torch.__version__} | "
+        row = (f"| {datetime.date.today()} | {machine} | {torch.__version__} | "
                f"{args.rounds}×{args.epochs} | {cells} | {cost:.2f}x |\n")
         results.add_row("portable_cost rows", header, row,
                         "## Where portable's cost goes (`python benchmarks/portable_cost.py`)\n\n"

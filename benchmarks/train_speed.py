@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,10 +139,8 @@ WAYS = {"tutorial": ("tutorial", "fast"), "portable": ("mnistpipe", "portable"),
 
 def run_worker(way: str, args) -> dict:
     worker, numerics = WAYS[way]
-    cmd = [sys.executable, __file__, "--worker", worker, "--numerics", numerics,
-           "--epochs", str(args.epochs), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return results.run_worker(__file__, worker, "--numerics", numerics, "--epochs", str(args.epochs),
+                              "--device", args.device)
 
 
 def pooled(rounds: list[dict]) -> dict:

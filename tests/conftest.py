@@ -32,13 +32,11 @@ def deterministic_torch():
 
 
 def load_benchmark(name: str):
-    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
-    import importlib.util
+    """benchmarks/<name>.py as a module (pyproject puts benchmarks/ on the tests' path, as
+    running a benchmark puts it on the benchmark's, so their imports of each other work)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 def same_weights(a: dict, b: dict) -> bool:
