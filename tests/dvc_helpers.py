@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
@@ -82,3 +85,37 @@ def commit_all(repo: Path, env: dict, message: str) -> None:
 def copy_repo(repo: Path, dest: Path) -> Path:
     shutil.copytree(repo, dest, symlinks=True)
     return dest
+
+
+def weights(repo: Path) -> dict[str, torch.Tensor]:
+    """The trained model's state dict in `repo`."""
+    return torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
+
+
+def start_in_own_session(cmd: list[str], repo: Path, env: dict) -> subprocess.Popen:
+    """`cmd` in `repo`, silent, as the leader of a process group that `kill` ends whole."""
+    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and everything in its group (dvc and the stage it runs; a stage and
+    torchrun): nothing gets to clean up."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def kill_after_first_checkpoint(repo: Path, env: dict, cmd: list[str], timeout: float = 120,
+                                poll: float = 0.02) -> Path:
+    """Run `cmd`, SIGKILL it as soon as training has written a resume checkpoint; its path."""
+    proc = start_in_own_session(cmd, repo, env)
+    resume = repo / "models/resume.pt"
+    deadline = time.monotonic() + timeout
+    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll)
+    assert resume.exists(), "training finished or failed before writing a resume checkpoint"
+    kill(proc)
+    return resume

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from dvc_helpers import kill_after_first_checkpoint, weights
 from mnistpipe.errors import UserError
 from mnistpipe.numerics import BUDGET_ENV, THREADS, share_of_cores
 from mnistpipe.distributed import is_main, rank_and_world, shard
@@ -95,10 +95,6 @@ def digest(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(tensor.numpy().tobytes())
     return h.hexdigest()
-
-
-def weights(repo: Path) -> dict[str, torch.Tensor]:
-    return torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
 
 
 def metrics(repo: Path) -> dict:
@@ -211,8 +207,9 @@ def test_two_processes_write_once_and_train_like_one(one_process, two_processes)
         assert result.stderr.count(f"epoch   {epoch}/4 ") == 1, result.stderr
 
     # The same optimization as one process with the same global batch, up to rounding.
-    assert metrics(two)["train_loss"] == pytest.approx(metrics(one)["train_loss"], rel=0.01)
-    assert metrics(two)["val_acc"] == pytest.approx(metrics(one)["val_acc"], abs=0.02)
+    m_one, m_two = metrics(one), metrics(two)
+    assert m_two["train_loss"] == pytest.approx(m_one["train_loss"], rel=0.01)
+    assert m_two["val_acc"] == pytest.approx(m_one["val_acc"], abs=0.02)
 
 
 @pytest.mark.slow
@@ -224,15 +221,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(prepared, tw
         reference, env = copy_with(prepared, tmp_path / "reference", processes=2, changes=CNN)
         run_stage(reference, env)
     repo, env = copy_with(prepared, tmp_path / "repo", processes=2, changes=CNN if arch == "cnn" else None)
-    proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=repo, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resume = repo / "models/resume.pt"
-    deadline = time.monotonic() + 300
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert resume.exists(), "training finished or failed before writing a resume checkpoint"
-    os.killpg(proc.pid, signal.SIGKILL)  # the stage's process group, as a killed `dvc repro`'s
-    proc.wait()
+    # The stage's process group is killed, as a killed `dvc repro`'s would be.
+    resume = kill_after_first_checkpoint(repo, env, [sys.executable, "stages/train.py"], timeout=300, poll=0.005)
 
     # torchrun's workers run in sessions of their own; they must die with it, not train on.
     time.sleep(1.0)

@@ -15,13 +15,13 @@ pytestmark = [pytest.mark.gpu,
 CUDA = torch.device("cuda")
 
 
-def train_on_gpu(data, **kw):
+def train_on_gpu(splits, **kw):
     """Two epochs on the GPU, with the settings the train stage makes at its entry point."""
     from mnistpipe.device import make_deterministic
 
     restore = make_deterministic(CUDA)
     try:
-        return train(params(epochs=2, device="cuda", **kw), data, device=CUDA)
+        return train(params(epochs=2, device="cuda", **kw), splits, device=CUDA)
     finally:
         restore()
 

@@ -15,7 +15,6 @@ from conftest import load_benchmark, synthetic_digits
 from mnistpipe.predict import ImageError, load_image, preprocess
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load_benchmark("non_mnist")

@@ -85,8 +85,7 @@ def portable() -> dict:
 
 
 def test_portable_products_are_the_index_order_fma_chain(portable):
-    result = portable
-    for (m, k, n), case in zip(SHAPES, result["products"]):
+    for (m, k, n), case in zip(SHAPES, portable["products"]):
         a, b, bias = (np.array(case[key], np.float32) for key in ("a", "b", "bias"))
         expected = blocked_fma_chain(a, b)
         for key in ("mm", "mm_transposed"):

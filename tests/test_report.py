@@ -101,7 +101,13 @@ def test_curves_epoch_ticks_are_integers(epochs):
     _legend_clear_of_axes(fig)
 
 
-def test_confusion_rows_actual_columns_predicted_as_dvc_plot():
+@pytest.fixture(scope="module")
+def dvc_plots() -> list[dict]:
+    """dvc.yaml's plot definitions."""
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+
+
+def test_confusion_rows_actual_columns_predicted_as_dvc_plot(dvc_plots):
     cm = np.array([[5, 1], [0, 7]])  # one 0 predicted as 1
     fig = report.confusion_figure(cm)
     ax = fig.axes[0]
@@ -109,15 +115,14 @@ def test_confusion_rows_actual_columns_predicted_as_dvc_plot():
     one = next(t for t in ax.texts if t.get_text() == "1")
     assert one.get_position() == (1, 0)  # x: predicted 1, y: actual 0
     # dvc.yaml's confusion plot has the same orientation and the same axis titles.
-    plot = next(p for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-                for p in entry.values() if p.get("template") == "confusion")
+    plot = next(p for entry in dvc_plots for p in entry.values() if p.get("template") == "confusion")
     assert plot["x"] == "predicted" and list(plot["y"].values()) == ["actual"]
     assert (plot["x_label"], plot["y_label"]) == (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class",
                                                                                        "actual class")
 
 
-def test_dvc_plots_have_titles_and_axis_labels():
-    for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]:
+def test_dvc_plots_have_titles_and_axis_labels(dvc_plots):
+    for entry in dvc_plots:
         (props,) = entry.values()
         assert props.get("title") and props.get("x_label") and props.get("y_label"), entry
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_helpers import make_repo, run
+from dvc_helpers import copy_repo, make_repo, run
 from mnistpipe.numerics import OVERRIDDEN_PREFIXES, PORTABLE_ENV
 
 pytestmark = pytest.mark.slow
@@ -53,8 +52,7 @@ def prepared(tmp_path_factory):
 def train_and_evaluate(prepared, dest: Path, env_extra: dict, **params) -> dict[str, bytes]:
     """Copy the prepared repo, set params, run train + evaluate; the outputs' bytes."""
     repo, env = prepared
-    work = dest / "repo"
-    shutil.copytree(repo, work, symlinks=True)
+    work = copy_repo(repo, dest / "repo")
     raw = yaml.safe_load((work / "params.yaml").read_text())
     for dotted, value in params.items():
         section, key = dotted.split("__") if "__" in dotted else (None, dotted)
@@ -102,7 +100,7 @@ def test_fast_mode_lets_the_environment_choose(prepared, tmp_path):
 
 def test_thread_budget_must_be_a_positive_number(prepared, tmp_path):
     repo, env = prepared
-    work = shutil.copytree(repo, tmp_path / "repo", symlinks=True)  # were the check lost, it would train here
+    work = copy_repo(repo, tmp_path / "repo")  # were the check lost, it would train here
     bad = subprocess.run([sys.executable, "stages/train.py"], cwd=work, capture_output=True, text=True,
                          env=clean_env(env, MNISTPIPE_THREADS="two"))
     assert bad.returncode == 2 and "MNISTPIPE_THREADS='two'" in bad.stderr and "Traceback" not in bad.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,15 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import same_weights
-from dvc_helpers import commit_all, copy_repo, dvc, make_repo, run
+from dvc_helpers import (commit_all, copy_repo, dvc, kill, kill_after_first_checkpoint, make_repo, run,
+                         start_in_own_session, weights)
 
 pytestmark = pytest.mark.slow
 
 METRICS = ["metrics/train.json", "metrics/eval.json", "metrics/seeds.json"]
-
-
-def weights(repo: Path) -> dict[str, torch.Tensor]:
-    return torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +30,11 @@ def done(tmp_path_factory):
     return repo, env
 
 
+REPRO = [sys.executable, "-m", "dvc", "repro"]
+
+
 def start_repro(repo: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], cwd=repo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL dvc and the stage it runs: nothing gets to clean up."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def kill_after_first_checkpoint(repo: Path, env: dict) -> Path:
-    """Run `dvc repro`, SIGKILL it as soon as training has written a resume checkpoint."""
-    proc = start_repro(repo, env)
-    resume = repo / "models/resume.pt"
-    deadline = time.monotonic() + 120
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert resume.exists(), "training finished or failed before writing a resume checkpoint"
-    kill(proc)
-    return resume
+    return start_in_own_session([*REPRO, *args], repo, env)
 
 
 def test_forced_reruns_are_identical(done, tmp_path):
@@ -78,7 +54,7 @@ def test_sigkill_during_training_then_repro_resumes_to_identical_result(done, tm
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("epochs: 4", "epochs: 5"))
     reference = copy_repo(clone, tmp_path / "reference")
 
-    resume = kill_after_first_checkpoint(clone, env)
+    resume = kill_after_first_checkpoint(clone, env, REPRO)
     assert not (clone / "models/model.pt").exists()
 
     rerun = dvc(clone, env, "repro")
@@ -97,7 +73,7 @@ def test_checkpoint_from_other_params_is_not_resumed(done, tmp_path):
     repo, env = done
     clone = copy_repo(repo, tmp_path / "repo")
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("epochs: 4", "epochs: 5"))
-    kill_after_first_checkpoint(clone, env)
+    kill_after_first_checkpoint(clone, env, REPRO)
     (clone / "params.yaml").write_text((clone / "params.yaml").read_text().replace("lr: 0.001", "lr: 0.002"))
     rerun = dvc(clone, env, "repro")
     out = rerun.stderr + rerun.stdout
