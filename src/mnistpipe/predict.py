@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from scipy import ndimage
+from skimage import filters, measure
 
 from .calibration import probabilities
 from .checkpoint import load_model, temperature_of
@@ -34,14 +36,26 @@ MAX_IMAGE_PIXELS = 40_000_000  # a larger image is refused as a possible decompr
 # header can claim up to 65535x65535 pixels.
 MAX_JPEG_PIXELS = 250_000_000
 WORK_SIZE = 1024     # larger images are first shrunk to this longer side (the digit ends up 20 px)
-MIN_CONTRAST = 32    # ink must stand out from the background by this much (of 255), else "blank"
-INK_THRESHOLD = 0.25  # of the peak ink level (after a light blur): what counts as ink for the box
+PAPER_SCALE = 256    # the paper's light is estimated at this longer side: it varies slowly
+PAPER_WINDOW = 0.25  # of the longer side: the closing window, wider than a marker's stroke
+INK_LOW, INK_HIGH = 0.12, 0.3  # darkness (1 - pixel / paper): ink, and ink for sure (hysteresis);
+                     # half of each on evenly lit paper, where no shadow can pass for ink
+MIN_DIGIT = 0.04     # of the image's longer side: a smaller mark is a speck, not a digit
+NEAR = 0.3           # of the main stroke's size: strokes this close belong to the digit
+BLOB = 0.35          # of its size: a mark with strokes this wide is a blob (a photo's shadow), not ink
+SHEET = 0.85         # of the paper's light: what is this light is the sheet (the digit's strokes are thin)
+EVEN = 24            # levels (of 255): a ground this even is a screen's or a scan's, not a photo's
+UNSURE_BELOW = 0.6   # a calibrated probability below this marks the reading as unsure
 FRAME, BOX = 28, 20  # MNIST: a 28x28 frame, the digit scaled to fit 20x20
 STROKE = 2.6         # MNIST's median stroke width in pixels (test set, 2 * area / outline)
 
 
 class ImageError(Exception):
     """A file that cannot be used as a digit image; reported per file, the others go on."""
+
+
+class NoDigit(ImageError):
+    """A readable image with no digit on it (a blank page): an answer, not a failure."""
 
 
 def load_image(path: Path) -> Image.Image:
@@ -96,17 +110,6 @@ def _grayscale(image: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported image mode {image.mode} ({exc})") from None
 
 
-def _border(a: np.ndarray) -> np.ndarray:
-    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-
-
-def _box(mask: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not rows.size:
-        raise ImageError("no digit found: no ink stands out from the paper")
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
 def _fit(ink: np.ndarray, side: int) -> np.ndarray:
     """Resize (anti-aliased) so that the longer side is `side` pixels, keeping the aspect ratio."""
     h, w = ink.shape
@@ -122,34 +125,126 @@ def _stroke_width(ink: np.ndarray) -> float:
     return 2 * area / max(area - inner.sum(), 1)
 
 
+def _largest(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a mask (all False if it is empty)."""
+    labels = measure.label(mask, connectivity=1)
+    return labels == 1 + np.argmax(np.bincount(labels.ravel())[1:]) if labels.any() else mask
+
+
+def _paper_light(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How bright the bare paper would be at each pixel, and where the sheet is.
+
+    The light is a grey closing (the local maximum, then minimum) over windows wider than
+    any stroke: the ink is filled in, while shading, a light fall-off and the edges of
+    shadows are kept. A dark table around the sheet is wider than the window, so it stays
+    dark; the sheet is the largest region that is as light as that estimate, with what it
+    encloses (the digit). Both are computed at a small scale and brought back to full size."""
+    scale = min(1.0, PAPER_SCALE / max(x.shape))
+    size = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[0] * scale)))
+    small = ndimage.gaussian_filter(np.asarray(Image.fromarray(x).resize(size, Image.Resampling.BOX)), 1)
+    window = 2 * round(max(PAPER_WINDOW * max(size), 15) / 2) + 1  # small images: the whole image
+    closed = ndimage.grey_closing(small, size=(window, window), mode="nearest")
+    light = np.asarray(Image.fromarray(closed).resize(x.shape[::-1], Image.Resampling.BILINEAR))
+    # Away from its edges (the light of the table next to them is taken from the paper), and
+    # cut off from what the grain of a table joins to it.
+    sheet = _largest(ndimage.binary_fill_holes(_largest(small >= SHEET * closed)))
+    sheet = _largest(ndimage.binary_erosion(sheet, iterations=max(1, round(0.02 * min(size)))))
+    sheet = np.asarray(Image.fromarray(sheet).resize(x.shape[::-1], Image.Resampling.NEAREST))
+    return np.maximum(light, x), sheet  # the paper is never darker than what lies on it
+
+
+def _even(light: np.ndarray) -> bool:
+    """Evenly lit paper, as in a scan or a drawing made on a screen; not a photo."""
+    low, high = np.percentile(light, [1, 99])
+    return high - low < EVEN
+
+
+def _dark_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image with dark ink on light paper, the paper's light, the sheet). Paper is light in
+    a photo, whatever lies around the sheet or falls on it. Light ink is taken only where
+    the ink strays further from the median pixel (the ground: ink covers far less than half
+    of a digit picture) on the light side, and the inverted image is evenly lit paper (a
+    drawing on a dark screen, an MNIST image): not a light sheet on a dark table."""
+    smooth = ndimage.gaussian_filter(x, 1.5)  # specks and noise are not ink
+    ground = np.median(smooth)
+    if smooth.max() - ground > ground - smooth.min():
+        light, sheet = _paper_light(255 - x)
+        if _even(light):
+            return 255 - x, light, sheet
+    return (x, *_paper_light(x))
+
+
+def _noise(a: np.ndarray) -> float:
+    """The pixel noise: a robust standard deviation of what a 5x5 mean does not explain."""
+    return 1.4826 * float(np.median(np.abs(a - ndimage.uniform_filter(a, 5))))
+
+
+def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np.ndarray:
+    """The pixels of the digit's strokes: ink found by hysteresis (strong ink, and the weaker
+    ink connected to it) on the sheet, then the main connected stroke and the strokes near
+    it. In a photo, what touches the border is table or the sheet's edge; on evenly lit
+    paper (a scan, a drawing), it may be the digit, cut by the frame."""
+    noise = _noise(darkness)
+    low, high = (INK_LOW / 2, INK_HIGH / 2) if even else (INK_LOW, INK_HIGH)  # no shadows to take for ink
+    low, high = min(max(low, 4 * noise), 0.5), min(max(high, 8 * noise), 0.6)
+    labels = measure.label(filters.apply_hysteresis_threshold(darkness, low, high), connectivity=2)
+    regions = measure.regionprops(labels, intensity_image=darkness)
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    contact = np.bincount(border, minlength=labels.max() + 1)
+    contact[0] = 0
+    on_sheet = np.bincount(labels.ravel(), sheet.ravel(), labels.max() + 1) > 0.5 * np.bincount(labels.ravel())
+
+    def size(r) -> int:
+        return max(r.bbox[2] - r.bbox[0], r.bbox[3] - r.bbox[1])
+
+    def width(r) -> float:  # typical stroke width: 2 * area / outline, exact for long strokes
+        return 2 * r.area / max(r.perimeter, 1)
+
+    def cut_by_frame(r) -> bool:  # a stroke that runs out of the picture, not a band of table
+        return 0 < contact[r.label] <= 2 * width(r) + 2
+
+    big = MIN_DIGIT * max(darkness.shape)
+    strokes = [r for r in regions if even or width(r) < BLOB * size(r)]  # a filled corner is a blob
+    inside = [r for r in strokes if on_sheet[r.label] and not contact[r.label]]
+    candidates = (inside if any(size(r) >= big for r in inside)
+                  else regions if even else inside + [r for r in strokes if cut_by_frame(r)])
+    if not candidates:
+        raise NoDigit("no digit found: the page is blank, nothing stands out from the paper")
+    mass = {r.label: r.area * r.intensity_mean for r in candidates}
+    main = max(candidates, key=lambda r: mass[r.label])
+    top, left, bottom, right = main.bbox
+    if size(main) < big:
+        raise NoDigit("no digit found: only specks stand out from the paper")
+    # Strokes near the main one belong to the digit (the bar of a 5, a broken pencil line).
+    reach = NEAR * max(bottom - top, right - left)
+    keep = [r.label for r in candidates if mass[r.label] >= 0.05 * mass[main.label]
+            and r.bbox[0] < bottom + reach and r.bbox[2] > top - reach
+            and r.bbox[1] < right + reach and r.bbox[3] > left - reach]
+    return np.isin(labels, keep)
+
+
 def _ink(image: Image.Image) -> np.ndarray:
-    """The digit's ink, cropped to it: float in [0, 1], light on black, paper at 0."""
+    """The digit's ink, cropped to it: float in [0, 1], light on black, paper at 0.
+
+    Find the paper, then the ink: which side is ink, the paper's light at each pixel (so
+    that shading and shadows are not ink) and the sheet (so that the table is not), the
+    ink as darkness relative to that light, then the digit as the main stroke component(s)."""
     gray = _grayscale(image)
     if max(gray.size) > WORK_SIZE:
         gray.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
-    x = np.asarray(gray, dtype=np.float32)
-    smooth = np.asarray(gray.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)  # noise, specks
-
-    # The paper is the border's median; the ink is whichever side deviates more from it.
-    paper = np.median(_border(smooth))
-    if paper - smooth.min() > smooth.max() - paper:
-        x, smooth, paper = 255 - x, 255 - smooth, 255 - paper  # dark on light -> light on dark
-    edge = _border(x)
-    background = np.median(edge)
-    noise = 1.4826 * np.median(np.abs(edge - background))  # robust std of the paper
-    ink, smooth = x - background, smooth - paper
-
-    peak = smooth.max()
-    if peak < MIN_CONTRAST:
-        raise ImageError("no digit found: the image is blank or has too little contrast")
-    ink = ink[_box(smooth > INK_THRESHOLD * peak)]
-
-    # Contrast: paper (within 3 noise std) -> 0, the strokes' typical level -> 1.
-    strokes = ink[ink > INK_THRESHOLD * peak]
-    high = np.percentile(strokes, 90) if strokes.size else peak
-    low = min(3 * noise, high / 2)
-    ink = np.clip((ink - low) / (high - low), 0, 1)
-    return ink[_box(ink > 0.05)]
+    x, light, sheet = _dark_ink(np.asarray(gray, dtype=np.float32))
+    darkness = (light - x) / np.maximum(light, 1)  # 0: bare paper, 1: black ink
+    darkness -= np.median(darkness[sheet]) if sheet.any() else 0  # noise lifts the closing a little
+    smooth = ndimage.gaussian_filter(darkness, 0.7)  # noise is not ink
+    edge = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]])
+    even = _even(light) and np.mean(edge < INK_LOW) > 0.9  # no table in the corners either
+    strokes = _digit_components(smooth, sheet, even)
+    # Contrast: paper (within 3 noise std) -> 0, the strokes' typical darkness -> 1; nothing else kept.
+    high = np.percentile(darkness[strokes], 90)
+    low = min(3 * _noise(darkness), high / 2)
+    ink = np.clip((darkness - low) / (high - low), 0, 1) * ndimage.binary_dilation(strokes, iterations=2)
+    rows, cols = np.flatnonzero((ink > 0.05).any(1)), np.flatnonzero((ink > 0.05).any(0))
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
 
 
 def _mnist_strokes(ink: np.ndarray) -> np.ndarray:
@@ -195,7 +290,8 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dict[str, Any]]:
-    """One result per file: {path, digit, probability, top: [{digit, probability}]} or {path, error}."""
+    """One result per file: {path, digit, probability, unsure, top: [{digit, probability}]};
+    {path, digit: None, reason} for a picture with no digit on it; or {path, error}."""
     if top < 1:
         raise UserError(f"--top must be at least 1 (got {top})")
     model, ckpt = load_model(model_path)
@@ -209,6 +305,8 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
                 raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
             images.append(preprocess(load_image(path)))
             results.append({"path": str(path)})
+        except NoDigit as exc:  # an answer about this picture, not a failure to read it
+            results.append({"path": str(path), "digit": None, "reason": str(exc)})
         except ImageError as exc:
             results.append({"path": str(path), "error": str(exc)})
         except Exception as exc:  # a bug on one odd image must not cost the other files their digits
@@ -219,26 +317,30 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
             logits = model(normalize(torch.stack(images), norm["mean"], norm["std"]))
             probs = probabilities(logits, temperature_of(ckpt))
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
-        good = (r for r in results if "error" not in r)
-        for result, v, d in zip(good, values.tolist(), digits.tolist()):
-            result.update(digit=d[0], probability=round(v[0], 6),
+        read = (r for r in results if set(r) == {"path"})
+        for result, v, d in zip(read, values.tolist(), digits.tolist()):
+            result.update(digit=d[0], probability=round(v[0], 6), unsure=v[0] < UNSURE_BELOW,
                           top=[{"digit": di, "probability": round(vi, 6)} for di, vi in zip(d, v)])
     return results
 
 
 def print_results(results: list[dict[str, Any]], as_json: bool = False) -> int:
-    """Text lines (errors to stderr) or one JSON document; returns the exit code (1 if any failed)."""
+    """Text lines (errors to stderr) or one JSON document; returns the exit code: 1 if a file
+    could not be read, or if no file had a digit on it."""
     failed = sum("error" in r for r in results)
+    blank = sum("reason" in r for r in results)
     if as_json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             if "error" in r:
                 print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+            elif "reason" in r:
+                print(f"{r['path']}: {r['reason']}")
             else:
                 ranked = ", ".join(f"{t['digit']} {t['probability']:.3f}" for t in r["top"])
-                print(f"{r['path']}: digit {r['digit']} (p={r['probability']:.3f})  "
-                      f"top{len(r['top'])}: {ranked}")
+                print(f"{r['path']}: digit {r['digit']} (p={r['probability']:.3f}{', unsure' if r['unsure'] else ''})"
+                      f"  top{len(r['top'])}: {ranked}")
         if failed:
             print(f"{failed} of {len(results)} files could not be read", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or blank == len(results) else 0
