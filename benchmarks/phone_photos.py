@@ -326,6 +326,26 @@ def record(info: dict, result: dict) -> None:
         "60-95; plus blank sheets. Every range is in the script's docstring."))
 
 
+def figure(out: Path, rows: list[dict], path: Path, count: int = 3) -> None:
+    """A PNG of the first `count` digit photos and one blank sheet, each above the 28x28 image
+    `predict` makes of it (or a grey square for "no digit")."""
+    from mnistpipe.predict import NoDigit, load_image, preprocess
+
+    chosen = [r for r in rows if r["label"] != ""][:count] + [r for r in rows if r["label"] == ""][:1]
+    side = 240
+    canvas = Image.new("RGB", (side * len(chosen), 2 * side), "white")
+    for i, row in enumerate(chosen):
+        photo = Image.open(out / row["file"]).convert("RGB")
+        photo.thumbnail((side, side))
+        canvas.paste(photo, (i * side + (side - photo.width) // 2, (side - photo.height) // 2))
+        try:
+            digit = Image.fromarray(preprocess(load_image(out / row["file"])).numpy())
+        except NoDigit:
+            digit = Image.new("L", (28, 28), 96)
+        canvas.paste(digit.resize((168, 168), Image.Resampling.NEAREST).convert("RGB"), (i * side + 36, side + 36))
+    canvas.save(path, optimize=True)
+
+
 def main() -> None:
     from mnistpipe import paths
     from non_mnist import model_name
@@ -340,6 +360,8 @@ def main() -> None:
                         "(default: a temporary directory, deleted afterwards)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--record", action="store_true", help="add a row per model to benchmarks/RESULTS.md")
+    parser.add_argument("--figure", type=Path, help="also write a PNG: three photos and a blank sheet, each "
+                        "above the 28x28 image predict makes of it")
     args = parser.parse_args()
     models = args.model or [REPO / paths.MODEL]
     if args.n % 10 or args.n < 0 or args.blank < 0:
@@ -361,6 +383,8 @@ def main() -> None:
         info = {"seed": args.seed, "n": args.n, "blank": args.blank, "sha256": set_sha256(out, rows),
                 "generation_s": round(time.perf_counter() - start, 1)}
         results = [evaluate(out, rows, model) | {"name": model_name(model)} for model in models]
+        if args.figure:
+            figure(out, rows, args.figure)
     if args.json:
         print(json.dumps({"set": info, "results": results}, indent=2))
     else:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from scipy import ndimage
-from skimage import filters, measure
+from skimage import filters, measure, morphology
 
 from .calibration import probabilities
 from .checkpoint import load_model, temperature_of
@@ -38,7 +38,7 @@ MAX_JPEG_PIXELS = 250_000_000
 WORK_SIZE = 1024     # larger images are first shrunk to this longer side (the digit ends up 20 px)
 PAPER_SCALE = 256    # the paper's light is estimated at this longer side: it varies slowly
 PAPER_WINDOW = 0.25  # of the longer side: the closing window, wider than a marker's stroke
-INK_LOW, INK_HIGH = 0.12, 0.3  # darkness (1 - pixel / paper): ink, and ink for sure (hysteresis);
+INK_LOW, INK_HIGH = 0.12, 0.35  # darkness (1 - pixel / paper): ink, and ink for sure (hysteresis);
                      # half of each on evenly lit paper, where no shadow can pass for ink
 MIN_DIGIT = 0.04     # of the image's longer side: a smaller mark is a speck, not a digit
 NEAR = 0.3           # of the main stroke's size: strokes this close belong to the digit
@@ -149,6 +149,7 @@ def _paper_light(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # cut off from what the grain of a table joins to it.
     sheet = _largest(ndimage.binary_fill_holes(_largest(small >= SHEET * closed)))
     sheet = _largest(ndimage.binary_erosion(sheet, iterations=max(1, round(0.02 * min(size)))))
+    sheet = morphology.convex_hull_image(sheet) if sheet.any() else sheet  # shadows may bite into it
     sheet = np.asarray(Image.fromarray(sheet).resize(x.shape[::-1], Image.Resampling.NEAREST))
     return np.maximum(light, x), sheet  # the paper is never darker than what lies on it
 
@@ -207,7 +208,7 @@ def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np
     strokes = [r for r in regions if even or width(r) < BLOB * size(r)]  # a filled corner is a blob
     inside = [r for r in strokes if on_sheet[r.label] and not contact[r.label]]
     candidates = (inside if any(size(r) >= big for r in inside)
-                  else regions if even else inside + [r for r in strokes if cut_by_frame(r)])
+                  else regions if even else inside + [r for r in strokes if cut_by_frame(r) and on_sheet[r.label]])
     if not candidates:
         raise NoDigit("no digit found: the page is blank, nothing stands out from the paper")
     mass = {r.label: r.area * r.intensity_mean for r in candidates}
