@@ -160,7 +160,8 @@ def light(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     shadow = rng.random() < 0.5
     if shadow:
         angle = rng.uniform(0, 2 * np.pi)
-        side = (x - rng.uniform(0.2, 0.8) * x.max()) * np.cos(angle) + (y - rng.uniform(0.2, 0.8) * y.max()) * np.sin(angle)
+        x0, y0 = rng.uniform(0.2, 0.8) * x.max(), rng.uniform(0.2, 0.8) * y.max()
+        side = (x - x0) * np.cos(angle) + (y - y0) * np.sin(angle)
         penumbra = rng.uniform(5, 40) / max(height, width)
         field *= 1 - rng.uniform(0.15, 0.45) * (1 / (1 + np.exp(-side / (penumbra / 2))))
     return field, shadow
@@ -266,7 +267,7 @@ def evaluate(out: Path, rows: list[dict], model_path: Path) -> dict:
 
     results = predict_files([out / r["file"] for r in rows], model_path, top=1)
     groups: dict[str, list[bool]] = {}
-    unsure = 0
+    unsure = unsure_wrong = 0
     for row, result in zip(rows, results):
         if row["label"] == "":
             keys = ["blank", f"blank, {row['table']} table", f"blank, {row['shadow']}"]
@@ -275,6 +276,7 @@ def evaluate(out: Path, rows: list[dict], model_path: Path) -> dict:
             keys = ["digits", f"{row['table']} table", f"{row['ink']} ink", row["shadow"], f"digit {row['label']}"]
             right = result.get("digit") == int(row["label"])
             unsure += bool(result.get("unsure"))
+            unsure_wrong += bool(result.get("unsure")) and not right
         for key in keys:
             groups.setdefault(key, []).append(right)
     summary = {key: {"n": len(v), "rate": float(np.mean(v)), "ci95": list(wilson_interval(sum(v), len(v)))}
@@ -284,7 +286,8 @@ def evaluate(out: Path, rows: list[dict], model_path: Path) -> dict:
              if row["label"] != "" and r.get("digit") != int(row["label"])]
     shown = model_path.resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else model_path
-    return {"model": str(shown), "groups": summary, "unsure": unsure, "failed": len(errors),
+    return {"model": str(shown), "groups": summary, "unsure": unsure, "unsure_wrong": unsure_wrong,
+            "failed": len(errors),
             "errors": errors[:20], "wrong": wrong}
 
 
@@ -301,7 +304,8 @@ def report(result: dict) -> str:
     if "blank" in g:
         lines += ["  blank sheets reported as no digit:", line("blank")]
         lines += [line(k) for k in sorted(g) if k.startswith("blank, ")]
-    lines.append(f"  digits marked unsure: {result['unsure']}; files that could not be read: {result['failed']}")
+    lines.append(f"  digits marked unsure: {result['unsure']} ({result['unsure_wrong']} of them wrong); "
+                 f"files that could not be read: {result['failed']}")
     lines += [f"    {e}" for e in result["errors"]]
     return "\n".join(lines)
 
@@ -310,15 +314,20 @@ def record(info: dict, result: dict) -> None:
     import results  # benchmarks/results.py, beside this script
 
     header = ("| date | machine | model | set | digits read right (95% CI) | blank sheets called blank (95% CI) "
-              "| dark / light table | dark / blue / pencil ink | unsure |\n|---|---|---|---|---|---|---|---|---|\n")
+              "| dark / light table | dark / blue / pencil ink | marked unsure |\n" + "|---" * 9 + "|\n")
     g = result["groups"]
-    rate = lambda key: f"{g[key]['rate']:.3f}" if key in g else "—"  # noqa: E731
-    ci = lambda key: (f"{rate(key)} ({g[key]['ci95'][0]:.3f}–{g[key]['ci95'][1]:.3f})"  # noqa: E731
-                      if key in g else "—")
+
+    def rate(key: str) -> str:
+        return f"{g[key]['rate']:.3f}" if key in g else "—"
+
+    def ci(key: str) -> str:
+        return f"{rate(key)} ({g[key]['ci95'][0]:.3f}–{g[key]['ci95'][1]:.3f})" if key in g else "—"
+
     row = (f"| {datetime.date.today()} | {results.machine()} | {result['name']} (`{result['model']}`) | "
            f"{info['n']} digits + {info['blank']} blank, seed {info['seed']}, sha256 {info['sha256'][:12]} | "
            f"{ci('digits')} | {ci('blank')} | {rate('dark table')} / {rate('light table')} | "
-           f"{rate('dark ink')} / {rate('blue ink')} / {rate('pencil ink')} | {result['unsure']} |\n")
+           f"{rate('dark ink')} / {rate('blue ink')} / {rate('pencil ink')} | "
+           f"{result['unsure']} ({result['unsure_wrong']} wrong) |\n")
     results.add_row("phone_photos rows", header, row, (
         "## Phone photos of handwritten digits (`python benchmarks/phone_photos.py`)\n\n"
         "Digits drawn as pen strokes (not MNIST), written on a sheet of paper lying on a table and\n"
@@ -348,6 +357,7 @@ def figure(out: Path, rows: list[dict], path: Path, count: int = 3) -> None:
 
 def main() -> None:
     from mnistpipe import paths
+
     from non_mnist import model_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

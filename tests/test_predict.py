@@ -89,6 +89,20 @@ def test_preprocess_gives_mnist_geometry(image):
     assert (digit[0] == 0).all() and (digit[:, 0] == 0).all()  # black frame
 
 
+def test_centred_by_centre_of_mass_not_by_box():
+    """A heavy bar on the left and a thin arm to the right: their centre of mass lies well left
+    of the box's centre, and MNIST centres the centre of mass."""
+    image = Image.new("L", (300, 300))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 40, 110, 260), fill=255)  # heavy
+    draw.rectangle((110, 120, 260, 180), fill=255)  # thinner
+    digit = preprocess(image)
+    row, col = centre_of_mass(digit)
+    cols = np.flatnonzero(digit.numpy().any(0))
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+    assert abs((cols[0] + cols[-1]) / 2 - 14) > 2  # the box is not centred: the test tells them apart
+
+
 def test_dark_on_light_matches_light_on_dark():
     light = preprocess(drawing(canvas=(140, 140), box=(30, 20, 100, 120)))
     dark = preprocess(drawing(canvas=(140, 140), box=(30, 20, 100, 120), dark_on_light=True))

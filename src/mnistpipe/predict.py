@@ -1,9 +1,12 @@
-"""Digits from a user's own images: decode safely, preprocess the way MNIST was made, classify.
+"""Digits from a user's own images: decode safely, find the digit, frame it as MNIST's were, classify.
 
-MNIST's recipe (LeCun et al.): light digits on black, the digit's bounding box scaled
-(anti-aliased, aspect kept) to fit 20x20, then placed in a 28x28 frame so that its centre
-of mass lies at the centre. Photos and scans differ from that in polarity, background,
-contrast, size and position; `preprocess` removes those differences, nothing more.
+Most pictures are phone photos of a digit on paper: a sheet on a table, unevenly lit, maybe
+half in shadow. So `preprocess` finds the paper first (its light at each pixel, by a grey
+closing wider than any stroke, and the sheet's extent), then the ink as darkness relative to
+the paper under it (hysteresis thresholds, so shading is not ink), then the digit as the main
+stroke component(s), and says "no digit" when nothing digit-like is there. Then MNIST's recipe
+(LeCun et al.): light digit on black, its box scaled (anti-aliased, aspect kept) to fit 20x20,
+centre of mass at the centre of a 28x28 frame. scikit-image and SciPy do the image work.
 """
 
 from __future__ import annotations
@@ -27,13 +30,8 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_IMAGE_PIXELS = 40_000_000  # a larger image is refused as a possible decompression bomb
-# JPEGs are decoded at 1/2, 1/4 or 1/8 scale, in grayscale (libjpeg's DCT scaling, Pillow's
-# draft mode): a 200 MP phone photo (16320x12240) becomes 2040x1530 pixels in ~0.4 s and
-# ~10 MB. Decoding time still grows with the full size, and so does memory for progressive
-# JPEGs (libjpeg keeps all their DCT coefficients: 0.6 GB and ~1.8 s at 200 MP with 4:2:0
-# chroma; benchmarks/predict_photo.py). Hence a cap for JPEGs too, a bit above the largest
-# phone sensors, whose worst case (progressive, no chroma subsampling) needs 1.5 GB; a JPEG
-# header can claim up to 65535x65535 pixels.
+# JPEGs are decoded at 1/8-1/2 scale, but time and (for progressive ones) memory still grow
+# with the full size: the cap lies just above the largest phone sensors (docs/predicting.md).
 MAX_JPEG_PIXELS = 250_000_000
 WORK_SIZE = 1024     # larger images are first shrunk to this longer side (the digit ends up 20 px)
 PAPER_SCALE = 256    # the paper's light is estimated at this longer side: it varies slowly
@@ -180,15 +178,20 @@ def _noise(a: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(a - ndimage.uniform_filter(a, 5))))
 
 
-def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np.ndarray:
-    """The pixels of the digit's strokes: ink found by hysteresis (strong ink, and the weaker
-    ink connected to it) on the sheet, then the main connected stroke and the strokes near
-    it. In a photo, what touches the border is table or the sheet's edge; on evenly lit
-    paper (a scan, a drawing), it may be the digit, cut by the frame."""
+def _ink_labels(darkness: np.ndarray, even: bool) -> np.ndarray:
+    """Connected ink marks, labelled: strong ink, and the weaker ink connected to it
+    (hysteresis), both above the picture's own noise."""
     noise = _noise(darkness)
     low, high = (INK_LOW / 2, INK_HIGH / 2) if even else (INK_LOW, INK_HIGH)  # no shadows to take for ink
     low, high = min(max(low, 4 * noise), 0.5), min(max(high, 8 * noise), 0.6)
-    labels = measure.label(filters.apply_hysteresis_threshold(darkness, low, high), connectivity=2)
+    return measure.label(filters.apply_hysteresis_threshold(darkness, low, high), connectivity=2)
+
+
+def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np.ndarray:
+    """The pixels of the digit's strokes: the main ink mark on the sheet and the marks near
+    it. In a photo, what touches the border is table or the sheet's edge; on evenly lit
+    paper (a scan, a drawing), it may be the digit, cut by the frame."""
+    labels = _ink_labels(darkness, even)
     regions = measure.regionprops(labels, intensity_image=darkness)
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
     contact = np.bincount(border, minlength=labels.max() + 1)
@@ -201,14 +204,15 @@ def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np
     def width(r) -> float:  # typical stroke width: 2 * area / outline, exact for long strokes
         return 2 * r.area / max(r.perimeter, 1)
 
-    def cut_by_frame(r) -> bool:  # a stroke that runs out of the picture, not a band of table
-        return 0 < contact[r.label] <= 2 * width(r) + 2
-
     big = MIN_DIGIT * max(darkness.shape)
     strokes = [r for r in regions if even or width(r) < BLOB * size(r)]  # a filled corner is a blob
     inside = [r for r in strokes if on_sheet[r.label] and not contact[r.label]]
-    candidates = (inside if any(size(r) >= big for r in inside)
-                  else regions if even else inside + [r for r in strokes if cut_by_frame(r) and on_sheet[r.label]])
+    if any(size(r) >= big for r in inside):
+        candidates = inside
+    elif even:
+        candidates = regions
+    else:  # a stroke may run out of a photo, a band of table along its edge may not
+        candidates = inside + [r for r in strokes if on_sheet[r.label] and 0 < contact[r.label] <= 2 * width(r) + 2]
     if not candidates:
         raise NoDigit("no digit found: the page is blank, nothing stands out from the paper")
     mass = {r.label: r.area * r.intensity_mean for r in candidates}
