@@ -5,7 +5,7 @@ default), on data/prepared (run `dvc repro prepare` first), with params.yaml plu
 recipe's overrides, exactly as `dvc exp run -S ...` with those overrides would. Prints
 per seed the training time and test accuracy, then the median time, the mean ± std and
 the minimum of the accuracy, and whether the recipe reached 99.5%. The old recipe (the
-README's earlier 12-epoch CNN) is timed on its first --old-epochs epochs and extrapolated.
+accurate 12-epoch recipe of docs/cnn.md) is timed on its first --old-epochs epochs and extrapolated.
 
     python benchmarks/cnn_recipe.py                    # 5 seeds of the recipe + the old one
     python benchmarks/cnn_recipe.py --seeds 1 --old-epochs 0 --set train.epochs=4
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import yaml
 
-import results  # benchmarks/results.py
 from mnistpipe.numerics import pin
 
+import results  # benchmarks/results.py
+
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = {  # the README's one command: dvc exp run -S ... with these
+RECIPE = {  # docs/cnn.md's quick recipe: dvc exp run -S ... with these
     "model.arch": "cnn", "model.cnn.channels": [16, 32], "model.cnn.fc": 128, "model.cnn.dropout": 0.0,
     "train.epochs": 6, "train.batch_size": 128, "train.lr": 0.01, "train.schedule": "onecycle",
     "train.label_smoothing": 0.1, "train.augment.enabled": True,

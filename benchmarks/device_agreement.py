@@ -5,7 +5,7 @@
 Trains params.yaml's model on the CPU once (in portable numerics, as `dvc repro` does) and
 on CUDA twice (same seed), then reports test accuracy on each, whether the two CUDA runs
 gave identical weights and metrics, and on how many test images the portable CPU model's
-weights predict the same digit on the GPU as on the CPU. The README's CPU-to-GPU tolerance
+weights predict the same digit on the GPU as on the CPU. The CPU-to-GPU tolerance in docs/reproducibility.md
 is to come from this script's output. Without CUDA it says so and exits 0.
 """
 

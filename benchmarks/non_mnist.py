@@ -57,7 +57,7 @@ import os
 import sys
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,12 +84,12 @@ class Face(NamedTuple):
     style: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(path: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, GLYPH_PX)
 
 
-@lru_cache(maxsize=None)
+@cache
 def glyph(path: str, digit: int) -> np.ndarray:
     """The digit's ink coverage in [0, 1], cropped to the ink (cached: don't modify)."""
     canvas = Image.new("L", (3 * GLYPH_PX, 3 * GLYPH_PX))

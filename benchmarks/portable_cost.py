@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import results  # benchmarks/results.py; it does not load torch
 from mnistpipe.numerics import pin
+
+import results  # benchmarks/results.py; it does not load torch
 
 WAYS = ["fast", "+ python kernel", "+ oneDNN", "portable"]
 

@@ -36,7 +36,6 @@ if __name__ == "__main__":  # a worker's numerics mode must be set before torch 
     _pre.add_argument("--numerics", default="fast")
     pin(_pre.parse_known_args()[0].numerics)
 
-import results  # noqa: E402  (benchmarks/results.py)
 import torch  # noqa: E402
 
 from mnistpipe.data.prepared import normalize, pixel_stats, read_raw  # noqa: E402
@@ -45,6 +44,8 @@ from mnistpipe.evaluate import loss_and_accuracy, predict_logits  # noqa: E402
 from mnistpipe.models import build_model, model_spec  # noqa: E402
 from mnistpipe.params import load_params  # noqa: E402
 from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
+
+import results  # noqa: E402  (benchmarks/results.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,83 +1,16 @@
-"""evaluate: test-set accuracy, loss, per-class precision/recall/F1 and every prediction
-(with its calibrated probability); calibration error before and after temperature
-scaling; plus the test accuracy of each seed's model as mean ± std."""
+"""evaluate: metrics, predictions and calibration on the test split; the work is
+mnistpipe.pipeline.evaluate.run."""
 
+from mnistpipe.errors import exit_on_user_error
 from mnistpipe.numerics import pin_from_params
-
-PARAMS = pin_from_params()  # first: the math libraries read their code paths as they load
-
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from mnistpipe import paths  # noqa: E402
-from mnistpipe.atomic import write_csv, write_json  # noqa: E402
-from mnistpipe.calibration import expected_calibration_error, probabilities, reliability_table  # noqa: E402
-from mnistpipe.checkpoint import load_model, temperature_of  # noqa: E402
-from mnistpipe.data.prepared import load_split, normalize  # noqa: E402
-from mnistpipe.device import choose_device, device_name, synchronize  # noqa: E402
-from mnistpipe.errors import exit_on_user_error  # noqa: E402
-from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, predict_logits  # noqa: E402
-from mnistpipe.numerics import machine_facts  # noqa: E402
-
-
-
-def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor, float]:
-    """The model's test logits and its calibration temperature."""
-    model, ckpt = load_model(path)
-    norm = ckpt["normalization"]
-    x = normalize(test.images, norm["mean"], norm["std"], device)
-    return predict_logits(model.to(device), x, batch_size), temperature_of(ckpt)
-
-
-def seeds_summary(main_accuracy: float, test, device, batch_size: int) -> dict:
-    """Test accuracy per training seed, the main model's and each extra one's
-    (models/seeds/seed<N>.pt), with their mean ± std; just {"n": 1} without extra seeds."""
-    acc = {str(PARAMS.seed): main_accuracy}
-    acc |= {str(seed): round(loss_and_accuracy(test_logits(path, test, device, batch_size)[0],
-                                               test.labels.to(device))[1], 6)
-            for seed, path in paths.seed_models().items()}
-    if len(acc) == 1:
-        return {"n": 1}
-    values = list(acc.values())
-    return {"n": len(values), "test_acc_mean": round(statistics.mean(values), 6),
-            "test_acc_std": round(statistics.stdev(values), 6),
-            "test_acc_min": min(values), "test_acc_max": max(values), "test_acc": acc}
 
 
 @exit_on_user_error
 def main() -> None:
-    device = choose_device(PARAMS.evaluate.device, "evaluate.device")
-    test = load_split(paths.PREPARED, "test")
+    params = pin_from_params()  # first: the math libraries read their code paths as they load
+    from mnistpipe.pipeline import evaluate
 
-    t0 = time.perf_counter()
-    logits, temperature = test_logits(paths.MODEL, test, device, PARAMS.evaluate.batch_size)
-    synchronize(device)
-    seconds = time.perf_counter() - t0
-
-    metrics, per_class = classification_metrics(logits, test.labels)
-    logits = logits.float().cpu()
-    raw, calibrated = (probabilities(logits, t) for t in (1.0, temperature))
-    metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
-                "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
-    confidence, predicted = calibrated.max(1)
-    write_json(paths.EVAL_METRICS, metrics)
-    write_csv(paths.PER_CLASS, per_class)
-    write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
-    write_json(paths.SEEDS_METRICS, seeds_summary(metrics["accuracy"], test, device, PARAMS.evaluate.batch_size))
-    write_csv(paths.PREDICTIONS, [
-        {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
-        for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
-    ])
-    write_json(paths.EVAL_LOG, {"device": device.type, "device_name": device_name(device),
-                                      **machine_facts(PARAMS.numerics), "images": len(test),
-                                      "seconds": round(seconds, 4)})
-    print(f"test accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
-          f"macro F1 {metrics['macro_f1']:.4f}  ({len(test)} images, {seconds:.3f}s on {device.type})",
-          file=sys.stderr)
+    evaluate.run(params)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,24 @@ def test_clear_regression_is_found_with_its_class():
     assert r["difference_ci95"][1] < 0
 
 
+def test_per_class_significance_is_holm_corrected():
+    """One class with 6 images broken has p = 2 * 0.5**6 = 0.031 on its own: below alpha, but
+    not after Holm's correction for testing ten classes; 60 broken images stay significant."""
+    a, b = runs(n_flip_worse=6)
+    r = compare(a, b)
+    row = next(row for row in r["per_class"] if row["class"] == 3)
+    assert row["p"] == pytest.approx(2 * 0.5**6) and row["p_holm"] == pytest.approx(10 * row["p"])
+    assert r["per_class_significant"] == []
+
+
+def test_accuracy_intervals_are_95_percent():
+    a, b = runs(n_flip_worse=60)
+    for run in (a, b):
+        k, n = int(run.correct.sum()), len(run.actual)
+        expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert compare(a, b)["accuracy"][run.name]["ci95"] == pytest.approx([expected.low, expected.high])
+
+
 def test_identical_runs_are_no_significant_difference():
     a, _ = runs(0)
     r = compare(a, Run("B", a.actual, a.predicted.copy(), []))

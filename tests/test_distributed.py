@@ -19,14 +19,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
+from test_train import data, params, train  # noqa: F401  (data is a fixture)
+
+from mnistpipe.distributed import is_main, rank_and_world, shard
+from mnistpipe.errors import UserError
+from mnistpipe.numerics import BUDGET_ENV, THREADS, share_of_cores
+from mnistpipe.train import make_augment
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
 from dvc_helpers import kill_after_first_checkpoint, weights
-from mnistpipe.errors import UserError
-from mnistpipe.numerics import BUDGET_ENV, THREADS, share_of_cores
-from mnistpipe.distributed import is_main, rank_and_world, shard
-from mnistpipe.train import make_augment
-from test_train import data, params, train  # noqa: F401  (data is a fixture)
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")

@@ -12,7 +12,7 @@ import pytest
 from dvc_helpers import commit_all, dvc, make_repo, ran_stages, run
 
 pytestmark = pytest.mark.slow
-KEEP = "Experiment|train.lr|model.hidden|accuracy|macro_f1"  # README's `dvc exp show --keep`
+KEEP = "Experiment|train.lr|model.hidden|accuracy|macro_f1"  # docs/experiments.md's `dvc exp show --keep`
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_queued_sweep_runs_and_exp_show_lists_each_with_accuracy(project):
     assert sorted(r["lr"] for r in rows.values()) == [0.0003, 0.003, 0.01]
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
 
-    # The README's narrow view fits a 120-column terminal.
+    # docs/experiments.md's narrow view fits a 120-column terminal.
     narrow = dvc(repo, env, "exp", "show", "--drop", ".*", "--keep", KEEP).stdout
     assert "accuracy" in narrow and max(map(len, narrow.splitlines())) <= 120, narrow
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_train import data, params, state, train  # noqa: F401  (data is a fixture)
 
-from conftest import same_weights, synthetic_digits
 from mnistpipe.data.prepared import normalize
 from mnistpipe.evaluate import predict_logits
-from test_train import data, params, state, train  # noqa: F401  (data is a fixture)
+
+from conftest import same_weights, synthetic_digits
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FILES, encode_idx, write_idx_gz
 from mnistpipe.data.idx import load_images, load_labels, parse_idx, read_gz
 from mnistpipe.errors import UserError
+
+from conftest import FILES, encode_idx, write_idx_gz
 
 
 def _images(n: int = 5, h: int = 28, w: int = 28) -> np.ndarray:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_benchmark, synthetic_digits
 from mnistpipe.predict import ImageError, load_image, preprocess
+
+from conftest import load_benchmark, synthetic_digits
 
 
 @pytest.fixture(scope="module")

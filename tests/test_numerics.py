@@ -107,3 +107,30 @@ def test_broadcast_operands_are_the_chain_too(portable):
     row, column = np.array(case["row"], np.float32), np.array(case["column"], np.float32)
     expected = blocked_fma_chain(np.repeat(row, 3, 0), np.repeat(column, 2, 1))
     np.testing.assert_array_equal(np.array(case["mm"], np.float32), expected)
+
+
+PIN = """
+import json, os
+from mnistpipe.numerics import pin
+pin("portable")
+import torch
+print(json.dumps({"env": {k: v for k, v in os.environ.items() if k.startswith(("MKL_", "ONEDNN_", "DNNL_", "OMP_"))},
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+@pytest.mark.parametrize("budget", [None, "1"])
+def test_portable_replaces_the_users_library_settings_and_keeps_the_thread_budget(budget):
+    """The user's MKL_*, ONEDNN_* and DNNL_* variables would change code paths (or, like
+    MKL_VERBOSE, flood the log): portable mode clears them and sets its own; a thread
+    budget of 1 gives one thread."""
+    env = {**os.environ, "MKL_VERBOSE": "1", "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_VERBOSE": "1",
+           "DNNL_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": "7"}
+    env.pop("MNISTPIPE_THREADS", None)
+    if budget:
+        env["MNISTPIPE_THREADS"] = budget
+    out = subprocess.run([sys.executable, "-c", PIN], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    threads = int(budget or 2)
+    assert result == {"env": {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": str(threads)},
+                      "threads": threads}

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 from mnistpipe.checkpoint import load_model
 from mnistpipe.data.prepared import load_split, normalize
+
+from dvc_helpers import commit_all, copy_repo, dvc, make_repo, ran_stages, run, set_param
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +134,7 @@ def test_bad_param_stops_before_dvc_deletes_anything(pipeline, tmp_path, section
     assert snapshot(repo) == before, "every output, model and metrics included, is untouched"
 
 
-RESTORE = "git restore params.yaml dvc.lock metrics plots && dvc checkout --force"  # as in the README
+RESTORE = "git restore params.yaml dvc.lock metrics plots && dvc checkout --force"  # as in docs/reproducibility.md
 
 
 def test_failed_stage_keeps_small_outputs_and_one_command_restores_the_rest(pipeline, tmp_path):
@@ -157,7 +158,7 @@ def test_failed_stage_keeps_small_outputs_and_one_command_restores_the_rest(pipe
 
 
 def test_retrain_command_reruns_only_train_evaluate_report_offline(pipeline, tmp_path):
-    """The README's retrain-on-another-device command must not refetch (or wipe) the data."""
+    """docs/reproducibility.md's retrain-on-another-device command must not refetch (or wipe) the data."""
     repo, env = copy_of(pipeline, tmp_path)
     offline = {**env, "MNISTPIPE_MIRROR": str(tmp_path / "no-such-mirror")}
     raw = (repo / "data/raw/train-images-idx3-ubyte.gz").read_bytes()

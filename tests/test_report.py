@@ -9,9 +9,10 @@ import torch
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from conftest import REPO
 from mnistpipe import report
 from mnistpipe.data.prepared import Split
+
+from conftest import REPO
 
 
 def prediction(index: int, actual: int, predicted: int, confidence: float) -> dict[str, str]:

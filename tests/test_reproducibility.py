@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_helpers import copy_repo, make_repo, run
 from mnistpipe.numerics import OVERRIDDEN_PREFIXES, PORTABLE_ENV
+
+from dvc_helpers import copy_repo, make_repo, run
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,17 @@ import torch
 from PIL import Image
 
 from conftest import same_weights
-from dvc_helpers import (commit_all, copy_repo, dvc, kill, kill_after_first_checkpoint, make_repo, run,
-                         start_in_own_session, weights)
+from dvc_helpers import (
+    commit_all,
+    copy_repo,
+    dvc,
+    kill,
+    kill_after_first_checkpoint,
+    make_repo,
+    run,
+    start_in_own_session,
+    weights,
+)
 
 pytestmark = pytest.mark.slow
 

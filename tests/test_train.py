@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import same_weights, synthetic_digits, tiny_params_raw
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
 from mnistpipe.train import Resume, data_digest, make_augment, run_fingerprint, run_training, train_epoch
+
+from conftest import same_weights, synthetic_digits, tiny_params_raw
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("deterministic_torch")  # as the train stage sets it

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -61,8 +61,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class PrepareConfig:
     val_size: int
-    mean: Optional[float]  # null: computed from the training split
-    std: Optional[float]
+    mean: float | None  # null: computed from the training split
+    std: float | None
 
     def validate(self, key: str) -> None:
         _check(self.val_size >= 1, f"{key}.val_size", "must be >= 1 (validation curves need it)")

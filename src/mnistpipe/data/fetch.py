@@ -90,7 +90,7 @@ def download(url: str, dest: Path, timeout: float, progress: bool) -> None:
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise MirrorFailure(f"timed out after {timeout:g} s", retry=True) from None
         raise MirrorFailure(f"unreachable ({reason})", retry=True) from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise MirrorFailure(f"stalled: no data for {timeout:g} s", retry=True) from None
     except (http.client.HTTPException, ConnectionError, OSError) as exc:
         raise MirrorFailure(f"transfer broken ({type(exc).__name__}: {exc})", retry=True) from None
