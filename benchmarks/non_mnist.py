@@ -243,11 +243,16 @@ def generate(out: Path, seed: int, faces: list[Face], n_font: int,
             rows.append({"file": f"mnist_{k:05d}_label{digit}.jpg", "label": digit, "source": "mnist",
                          "family": f"MNIST test #{index}", "style": ""})
             user_style(images[index], np.random.default_rng([seed, 2, k])).save(out / rows[-1]["file"], quality=70)
+    write_labels(out, rows, ["file", "label", "source", "family", "style"])
+    return rows
+
+
+def write_labels(out: Path, rows: list[dict], fields: list[str]) -> None:
+    """labels.csv: one row per file of the set, in order."""
     with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["file", "label", "source", "family", "style"], lineterminator="\n")
+        writer = csv.DictWriter(f, fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return rows
 
 
 def set_sha256(out: Path, rows: list[dict]) -> str:
@@ -277,9 +282,25 @@ def evaluate(out: Path, rows: list[dict], model_path: Path) -> dict:
     summary = {key: {"n": len(v), "accuracy": float(np.mean(v)), "ci95": list(wilson_interval(sum(v), len(v)))}
                for key, v in sorted(groups.items())}
     errors = [f"{Path(r['path']).name}: {r['error']}" for r in results if "error" in r]
-    shown = model_path.resolve()
-    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else model_path
-    return {"model": str(shown), "groups": summary, "failed": len(errors), "errors": errors[:20]}
+    return {"model": shown(model_path), "groups": summary, "failed": len(errors), "errors": errors[:20]}
+
+
+def shown(model_path: Path) -> str:
+    """A model's path as a row names it: relative to the repository when inside it."""
+    full = model_path.resolve()
+    return str(full.relative_to(REPO) if full.is_relative_to(REPO) else model_path)
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path | None) -> Path | None:
+    """--out resolved, or a usage error: it must be outside the repository and empty."""
+    if out is None:
+        return None
+    out = out.resolve()
+    if out.is_relative_to(REPO):
+        parser.error(f"--out {out} is inside the repository; choose a directory outside it")
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"--out {out} is not empty")
+    return out
 
 
 def model_name(model_path: Path) -> str:
@@ -348,12 +369,7 @@ def main() -> None:
     for model in models:
         if not model.is_file():
             parser.error(f"{model}: no such checkpoint")
-    if args.out is not None:
-        args.out = args.out.resolve()
-        if args.out.is_relative_to(REPO):
-            parser.error(f"--out {args.out} is inside the repository; choose a directory outside it")
-        if args.out.exists() and any(args.out.iterdir()):
-            parser.error(f"--out {args.out} is not empty")
+    args.out = check_out(parser, args.out)
 
     start = time.perf_counter()
     faces, skipped = font_faces(system=not args.no_system_fonts)

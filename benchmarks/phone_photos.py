@@ -38,9 +38,7 @@ scipy, Pillow, libjpeg); the printed sha256 says whether two sets agree.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import hashlib
 import io
 import json
 import sys
@@ -52,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-from non_mnist import handwrite  # benchmarks/, beside this script
+from non_mnist import check_out, handwrite, set_sha256, shown, write_labels  # benchmarks/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 CANVAS = 160  # px: the digit's height when its strokes are drawn, before it goes on the sheet
@@ -244,18 +242,8 @@ def generate(out: Path, seed: int, n_digits: int, n_blank: int) -> list[dict]:
         photo.save(buffer, "JPEG", quality=int(rng.integers(60, 96)))
         (out / name).write_bytes(buffer.getvalue())
         rows.append({"file": name, "label": "" if digit is None else digit, **conditions})
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["file", "label", "table", "ink", "shadow"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_labels(out, rows, ["file", "label", "table", "ink", "shadow"])
     return rows
-
-
-def set_sha256(out: Path, rows: list[dict]) -> str:
-    digest = hashlib.sha256((out / "labels.csv").read_bytes())
-    for row in rows:
-        digest.update((out / row["file"]).read_bytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- evaluation
@@ -284,9 +272,7 @@ def evaluate(out: Path, rows: list[dict], model_path: Path) -> dict:
     errors = [f"{Path(r['path']).name}: {r['error']}" for r in results if "error" in r]
     wrong = [f"{Path(r['path']).name}: {r.get('digit')}" for row, r in zip(rows, results)
              if row["label"] != "" and r.get("digit") != int(row["label"])]
-    shown = model_path.resolve()
-    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else model_path
-    return {"model": str(shown), "groups": summary, "unsure": unsure, "unsure_wrong": unsure_wrong,
+    return {"model": shown(model_path), "groups": summary, "unsure": unsure, "unsure_wrong": unsure_wrong,
             "failed": len(errors),
             "errors": errors[:20], "wrong": wrong}
 
@@ -380,12 +366,7 @@ def main() -> None:
     for model in models:
         if not model.is_file():
             parser.error(f"{model}: no such checkpoint")
-    if args.out is not None:
-        args.out = args.out.resolve()
-        if args.out.is_relative_to(REPO):
-            parser.error(f"--out {args.out} is inside the repository; choose a directory outside it")
-        if args.out.exists() and any(args.out.iterdir()):
-            parser.error(f"--out {args.out} is not empty")
+    args.out = check_out(parser, args.out)
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

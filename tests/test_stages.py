@@ -40,18 +40,31 @@ def test_importing_a_stage_changes_nothing(stage, tmp_path):
     assert result["after"] == result["before"]
 
 
+def stage_module(name: str):
+    """stages/<name>.py as a module (importing it does nothing, as tested above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_train_and_evaluate_run_in_process(tiny_params, synthetic_mirror, tmp_path, monkeypatch,
                                            deterministic_torch):
+    import shutil
+
+    import yaml
+
     from mnistpipe import paths
-    from mnistpipe.data.prepared import pixel_stats, read_raw, split_validation, write_prepared
     from mnistpipe.pipeline import evaluate, train
 
+    from conftest import tiny_params_raw
+
     monkeypatch.chdir(tmp_path)
-    train_split, test = read_raw(synthetic_mirror[0], tiny_params)
-    train_split, val = split_validation(train_split, tiny_params.prepare.val_size, tiny_params.seed)
-    paths.PREPARED.mkdir(parents=True)
-    write_prepared(paths.PREPARED, {"train": train_split, "val": val, "test": test}, *pixel_stats(train_split.images),
-                   tiny_params.data.num_classes)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(synthetic_mirror[1])))
+    shutil.copytree(synthetic_mirror[0], paths.RAW)
+    stage_module("prepare").main()
 
     train.run(tiny_params)
     metrics = json.loads(Path(paths.TRAIN_METRICS).read_text())
@@ -62,8 +75,6 @@ def test_train_and_evaluate_run_in_process(tiny_params, synthetic_mirror, tmp_pa
 
 def test_validate_stage_stops_on_bad_params(tmp_path, monkeypatch, capsys):
     """The validate stage is what stops a bad params.yaml before DVC deletes any output."""
-    import importlib.util
-
     import yaml
 
     from mnistpipe import paths
@@ -74,10 +85,7 @@ def test_validate_stage_stops_on_bad_params(tmp_path, monkeypatch, capsys):
     raw["train"]["lr"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("validate_stage", REPO / "stages" / "validate.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
     with pytest.raises(SystemExit) as exc:
-        stage.main()
+        stage_module("validate").main()
     assert exc.value.code == 2 and "train.lr" in capsys.readouterr().err
     assert not paths.PARAMS_VALID.exists()
