@@ -5,12 +5,15 @@ crafted pickle must not run anything."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from mnistpipe import checkpoint
 from mnistpipe.checkpoint import MODEL_FORMAT, load_file, load_model, save_model
+from mnistpipe.cli import main
 from mnistpipe.errors import UserError
 from mnistpipe.models import MLP, build_model, count_parameters, describe, model_spec
 from mnistpipe.params import parse_params
@@ -213,12 +216,124 @@ def test_state_dict_with_missing_layer(tmp_path):
     {**spec([8]), "arch": "transformer"},  # unknown architecture
     {**spec([8]), "hidden": [-3]},  # impossible width
     "mlp",  # not a mapping
+    {**spec([8]), "hidden": [True]},
+    {**spec([8]), "hidden": ["8"]},
+    {**spec([8]), "hidden": 8},
+    {**spec([8]), "hidden": [8] * 5000},  # more layers than anything is built for
+    {**spec([8]), "image_shape": [784]},
+    {**spec([8]), "num_classes": 0},
+    {**spec([8]), "arch": "cnn", "channels": [4], "fc": 8, "dropout": 1.5},
 ])
 def test_bad_spec(tmp_path, bad_spec):
     path = tmp_path / "model.pt"
     torch.save({"format": MODEL_FORMAT, "spec": bad_spec, "normalization": {"mean": 0.1, "std": 0.3},
                 "state_dict": make_model([8]).state_dict()}, path)
     assert "architecture" in load_error(path)
+
+
+# --- checked before they cost anything ---------------------------------------------------------
+
+def crafted(tmp_path: Path, claimed: dict, weights: torch.nn.Module, **fields) -> Path:
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "spec": claimed, "normalization": {"mean": 0.1, "std": 0.3},
+                "state_dict": weights.state_dict(), **fields}, path)
+    return path
+
+
+@pytest.fixture
+def nothing_big_is_allocated(monkeypatch):
+    """Fails fast where a claimed size would be allocated (and filled, which is the slow part)."""
+    for layer in (torch.nn.Linear, torch.nn.Conv2d):
+        def reset(self, real=layer.reset_parameters):
+            assert self.weight.is_meta or self.weight.numel() < 10**7, f"allocated {list(self.weight.shape)}"
+            real(self)
+        monkeypatch.setattr(layer, "reset_parameters", reset)
+
+
+@pytest.mark.parametrize("claimed", [
+    spec([3_000_000]),  # 9.4 GB of weights next to a few kB of tensors
+    {"arch": "cnn", "image_shape": [28, 28], "num_classes": 10, "channels": [4], "fc": 50_000_000, "dropout": 0.1},
+], ids=["mlp", "cnn"])
+def test_claimed_sizes_are_checked_before_allocating(tmp_path, claimed, nothing_big_is_allocated):
+    path = crafted(tmp_path, claimed, make_model([8]))
+    message = load_error(path)
+    assert "do not fit the architecture" in message
+    assert "the spec needs" in message or "missing" in message
+
+
+@pytest.mark.parametrize("command", ["info", "predict"])
+def test_cli_refuses_a_huge_claimed_model(tmp_path, command, nothing_big_is_allocated, capsys):
+    path = crafted(tmp_path, spec([3_000_000]), make_model([8]))
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"not looked at: the model is refused first")
+    with pytest.raises(SystemExit) as exc:
+        main([command, *([str(image)] if command == "predict" else []), "--model", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert err == (f"error: {path}: weights do not fit the architecture it describes (1.weight has shape "
+                   f"[8, 784], the spec needs [3000000, 784]); expected {checkpoint.MODEL_HINT}\n")
+
+
+def test_loaded_model_holds_the_file_tensors_as_float32(tmp_path):
+    """Weights saved in another dtype are converted, as copying into a fresh model did."""
+    model = make_model([8])
+    path = crafted(tmp_path, spec([8]), model.double())
+    loaded, _ = load_model(path)
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in loaded.parameters())
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.float().eval()(x))
+
+
+@pytest.mark.parametrize("mean, std", [
+    (0.1307, 0.0), (0.1307, -0.3), (float("nan"), 0.3), (0.1307, float("nan")), (float("inf"), 0.3),
+    (0.1307, float("inf")),
+])
+def test_degenerate_normalization(tmp_path, mean, std):
+    path = crafted(tmp_path, spec([8]), make_model([8]), normalization={"mean": mean, "std": std})
+    assert "normalization constants must be finite with std > 0" in load_error(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights(tmp_path, value):
+    model = make_model([8])
+    with torch.no_grad():
+        model[3].weight[4, 2] = value
+    message = load_error(crafted(tmp_path, spec([8]), model))
+    assert "weights 3.weight hold NaN or infinite values" in message
+
+
+def deflated(path: Path) -> Path:
+    """The same torch.save archive with every record deflate-compressed (torch reads those too)."""
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in records:
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_record_that_inflates_past_the_limit(tmp_path, monkeypatch):
+    """A 1 GiB record of zeros deflates to about 1 MB; here 2 MB under a 1 MB limit."""
+    path = deflated(crafted(tmp_path, spec([8]), make_model([8]), padding=torch.zeros(2**19)))
+    assert path.stat().st_size < 50_000
+    load_model(path)  # control: within the real limit it loads, so the refusal below is the limit's
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 2**20)
+    message = load_error(path)
+    assert "would expand to 2,1" in message and "over the limit of 1,048,576" in message
+
+
+def test_a_pickle_that_inflates_past_its_limit(tmp_path, monkeypatch):
+    path = crafted(tmp_path, spec([8]), make_model([8]))
+    monkeypatch.setattr(checkpoint, "MAX_PICKLE_BYTES", 100)
+    assert "its pickled objects would expand to" in load_error(path)
+
+
+def test_legacy_format_is_refused(tmp_path):
+    """Its storages are allocated at the sizes its pickle claims, which no check can bound beforehand."""
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT}, path, _use_new_zipfile_serialization=False)
+    assert "legacy format" in load_error(path)
 
 
 def test_checkpoint_without_normalization(tmp_path):

@@ -50,13 +50,54 @@ def model_spec(config: ModelConfig, image_shape: tuple[int, int], num_classes: i
     return spec
 
 
+# Far deeper than any useful network here: bounds the work of building a spec read from a file.
+MAX_LAYERS = 1000
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _sizes(spec: dict[str, Any], key: str, count: int | None = None) -> None:
+    """ValueError unless spec[key] is a list of positive integers (`count` of them, if given)."""
+    values = spec[key]
+    if not isinstance(values, (list, tuple)) or (count is not None and len(values) != count):
+        raise ValueError(f"spec {key} must be a list of {count or 'some'} sizes, not {values!r}")
+    if len(values) > MAX_LAYERS:
+        raise ValueError(f"spec {key} lists {len(values):,} sizes, over the limit of {MAX_LAYERS}")
+    if not all(map(_positive, values)):
+        raise ValueError(f"spec {key} must hold positive integers, not {values!r}")
+
+
+def check_spec(spec: Any) -> None:
+    """ValueError unless `spec` names a known architecture with well-formed sizes. How large the
+    sizes are is not judged here: a checkpoint's are checked against its weights' shapes."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"the spec is a {type(spec).__name__}, not a mapping")
+    keys = {"mlp": ["hidden"], "cnn": ["channels", "fc", "dropout"]}.get(spec.get("arch"))
+    if keys is None:
+        raise ValueError(f"unknown architecture {spec.get('arch')!r}")
+    missing = [k for k in ["image_shape", "num_classes", *keys] if k not in spec]
+    if missing:
+        raise ValueError(f"the spec lacks {', '.join(missing)}")
+    _sizes(spec, "image_shape", 2)
+    _sizes(spec, keys[0])
+    for key in ["num_classes", *keys[1:2]]:
+        if not _positive(spec[key]):
+            raise ValueError(f"spec {key} must be a positive integer, not {spec[key]!r}")
+    dropout = spec.get("dropout", 0)
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise ValueError(f"spec dropout must be a number in [0, 1), not {dropout!r}")
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
+    """The network a spec describes (ValueError if it is malformed). Build it under
+    `torch.device("meta")` to learn its shapes without allocating anything."""
+    check_spec(spec)
     h, w = spec["image_shape"]
     if spec["arch"] == "mlp":
         return MLP(h * w, spec["hidden"], spec["num_classes"])
-    if spec["arch"] == "cnn":
-        return CNN((h, w), spec["channels"], spec["fc"], spec["dropout"], spec["num_classes"])
-    raise ValueError(f"unknown architecture {spec['arch']!r}")
+    return CNN((h, w), spec["channels"], spec["fc"], spec["dropout"], spec["num_classes"])
 
 
 def count_parameters(model: nn.Module) -> int:
