@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistpipe.data.idx import load_images, load_labels, parse_idx, read_gz
+from mnistpipe.data.idx import data_length, load_images, load_labels, parse_idx, read_gz, read_header
 from mnistpipe.errors import UserError
 
 from conftest import FILES, encode_idx, write_idx_gz
@@ -218,3 +218,20 @@ def test_load_images_valid_gzip_truncated_idx(tmp_path):
     path = _gz(tmp_path / "x.gz", encode_idx(_images(4))[:-100])
     with pytest.raises(UserError, match="file truncated or corrupt"):
         load_images(path)
+
+
+# --- forged headers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2**31, 2**31, 4), (2**32 - 1, 2**32 - 1, 2**32 - 1)])
+def test_header_whose_size_overflows_int64(shape):
+    """2^31 * 2^31 * 4 wraps to 0 in int64: the length check passed and numpy failed to reshape."""
+    raw = struct.pack(">HBB3I", 0, 8, 3, *shape)
+    _expect_error(raw, 3, "data length 0", "does not match", str(shape[0] * shape[1] * shape[2]))
+
+
+def test_read_header_any_ndim():
+    header, shape = read_header(encode_idx(_images(2, 3, 4)), "x")
+    assert (header, shape, data_length(shape)) == (16, (2, 3, 4), 24)
+    assert read_header(encode_idx(np.zeros(7, dtype=np.uint8)), "y") == (8, (7,))
+    with pytest.raises(UserError, match="bad IDX magic.*0x000008 and a dimension count"):
+        read_header(b"\x1f\x8b\x08\x00", "z")

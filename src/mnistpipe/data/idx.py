@@ -7,6 +7,7 @@ then each dimension as a big-endian uint32, then the data in C order.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -18,15 +19,16 @@ from ..errors import UserError
 UBYTE = 0x08
 
 
-def parse_idx(raw: bytes, source: str, ndim: int) -> np.ndarray:
-    """Parse uncompressed IDX bytes holding uint8 data of `ndim` dimensions."""
+def read_header(raw: bytes, source: str, ndim: int | None = None) -> tuple[int, tuple[int, ...]]:
+    """(header length, shape) from the start of IDX bytes holding uint8 data; `ndim`, if given, is checked."""
     if len(raw) < 4:
         raise UserError(f"{source}: not an IDX file (only {len(raw)} bytes)")
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != UBYTE:
+        expected = f"0x0000080{ndim}" if ndim is not None else "0x000008 and a dimension count"
         raise UserError(f"{source}: bad IDX magic number 0x{raw[:4].hex()} "
-                        f"(expected 0x0000080{ndim}, unsigned-byte data)")
-    if dims != ndim:
+                        f"(expected {expected}, unsigned-byte data)")
+    if ndim is not None and dims != ndim:
         raise UserError(f"{source}: IDX file has {dims} dimensions, expected {ndim}")
     header = 4 + 4 * dims
     if len(raw) < header:
@@ -34,7 +36,18 @@ def parse_idx(raw: bytes, source: str, ndim: int) -> np.ndarray:
     shape = struct.unpack(f">{dims}I", raw[4:header])
     if 0 in shape[1:]:
         raise UserError(f"{source}: IDX dimension of size 0 in {shape}")
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    return header, shape
+
+
+def data_length(shape: tuple[int, ...]) -> int:
+    """Bytes of uint8 data `shape` holds; exact (Python ints), so a forged header cannot overflow it."""
+    return math.prod(shape)
+
+
+def parse_idx(raw: bytes, source: str, ndim: int) -> np.ndarray:
+    """Parse uncompressed IDX bytes holding uint8 data of `ndim` dimensions."""
+    header, shape = read_header(raw, source, ndim)
+    expected = header + data_length(shape)
     if len(raw) != expected:
         raise UserError(f"{source}: IDX data length {len(raw) - header} does not match "
                         f"dimensions {shape} ({expected - header} bytes): file truncated or corrupt")
