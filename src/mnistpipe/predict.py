@@ -12,10 +12,12 @@ centre of mass at the centre of a 28x28 frame. scikit-image and SciPy do the ima
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -56,6 +58,41 @@ class NoDigit(ImageError):
     """A readable image with no digit on it (a blank page): an answer, not a failure."""
 
 
+_NOT_REGULAR = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket",
+                stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR.items() if test(mode)), "an unknown kind of file")
+        raise ImageError(f"skipped: {kind}, not a regular file")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """A regular file opened for reading; anything else (a FIFO, a device) is refused unopened,
+    as reading it may block forever. O_NONBLOCK keeps the open itself from blocking when a
+    FIFO takes the file's place after the check, and fstat then refuses it."""
+    try:
+        _check_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        _check_regular(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def shown(path: Path | str) -> str:
+    """A path as printable text on one line: undecodable bytes of its name as \\xNN, and
+    control characters (a newline, a terminal escape) escaped as in a Python string."""
+    text = os.fsencode(path).decode(sys.getfilesystemencoding(), "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode one image file within the pixel limits; JPEGs at reduced size; EXIF orientation applied."""
     saved = Image.MAX_IMAGE_PIXELS
@@ -65,7 +102,7 @@ def load_image(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the image may still be fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open_regular(path) as file, Image.open(file) as image:
                 jpeg = isinstance(image, JpegImagePlugin.JpegImageFile)  # MPO (phone photos) too
                 pixels, limit = image.width * image.height, MAX_JPEG_PIXELS if jpeg else MAX_IMAGE_PIXELS
                 if pixels > limit:
@@ -282,15 +319,31 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy((_centred_frame(digit) * 255).round().astype(np.uint8))
 
 
-def image_files(paths: list[Path]) -> list[Path]:
-    """The given files, plus the image files directly inside given directories (sorted)."""
-    files: list[Path] = []
+def _images_in(folder: Path) -> list[Path]:
+    """The image files directly inside a directory, sorted; ImageError if it has none or
+    cannot be listed. Only regular files count (is_file() stats, never opens)."""
+    try:
+        inside = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise ImageError(f"cannot list this directory: {exc.strerror or exc}") from None
+    if not inside:
+        raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+    return inside
+
+
+def image_files(paths: list[Path]) -> list[tuple[Path, ImageError | None]]:
+    """The given files, and the image files directly inside given directories (sorted), each
+    with None; a directory that yields none stands for itself, with the reason."""
+    files: list[tuple[Path, ImageError | None]] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            files += inside or [path]  # an empty directory is reported as a failed entry
-        else:
-            files.append(path)
+        try:
+            folder = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:  # missing, or behind a locked directory: reading it says which
+            folder = False
+        try:
+            files += [(p, None) for p in _images_in(path)] if folder else [(path, None)]
+        except ImageError as exc:
+            files.append((path, exc))
     return files
 
 
@@ -304,18 +357,19 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
         raise UserError(f"{model_path}: the model takes {ckpt['spec']['image_shape']} images; "
                         f"predict makes MNIST-style {FRAME}x{FRAME} ones")
     results, images = [], []
-    for path in image_files(paths):
+    for path, unusable in image_files(paths):
+        name = shown(path)
         try:
-            if path.is_dir():
-                raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+            if unusable:
+                raise unusable
             images.append(preprocess(load_image(path)))
-            results.append({"path": str(path)})
+            results.append({"path": name})
         except NoDigit as exc:  # an answer about this picture, not a failure to read it
-            results.append({"path": str(path), "digit": None, "reason": str(exc)})
+            results.append({"path": name, "digit": None, "reason": str(exc)})
         except ImageError as exc:
-            results.append({"path": str(path), "error": str(exc)})
+            results.append({"path": name, "error": str(exc)})
         except Exception as exc:  # a bug on one odd image must not cost the other files their digits
-            results.append({"path": str(path), "error": f"could not read a digit: {type(exc).__name__}: {exc}"})
+            results.append({"path": name, "error": f"could not read a digit: {type(exc).__name__}: {exc}"})
     if images:
         norm = ckpt["normalization"]
         with torch.inference_mode():
