@@ -27,12 +27,21 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+def escape_what_cannot_print() -> None:
+    """Names the terminal cannot show (non-UTF-8 bytes, an ASCII locale) come out escaped, not as
+    a UnicodeEncodeError halfway through the output."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
     from .models import count_parameters, describe
 
+    escape_what_cannot_print()
     path = model_file(args.model)
     model, ckpt = load_model(path)
     print(f"model: {args.model}")
@@ -60,6 +69,7 @@ def warn_stale_exports(model_path) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files, print_results
 
+    escape_what_cannot_print()
     model = model_file(args.model)
     code = print_results(predict_files(args.paths, model, top=args.top), as_json=args.json)
     warn_stale_exports(model)
