@@ -294,6 +294,18 @@ def test_degenerate_normalization(tmp_path, mean, std):
     assert "normalization constants must be finite with std > 0" in load_error(path)
 
 
+def test_predict_refuses_a_zero_std_checkpoint(tmp_path, capsys):
+    """Once it printed `digit 8 (p=nan)` and exited 0."""
+    path = crafted(tmp_path, spec([8]), make_model([8]), normalization={"mean": 0.1307, "std": 0.0})
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"not looked at: the model is refused first")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(image), "--model", str(path)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.startswith(f"error: {path}: normalization constants must be finite with std > 0")
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_weights(tmp_path, value):
     model = make_model([8])
