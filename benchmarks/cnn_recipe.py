@@ -16,16 +16,24 @@ accurate 12-epoch recipe of docs/cnn.md) is timed on its first --old-epochs epoc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from torch.profiler import profile
 
-from mnistpipe.numerics import pin
+from mnistpipe import paths
+from mnistpipe.data.prepared import Split, load_meta, load_split
+from mnistpipe.device import choose_device, make_deterministic
+from mnistpipe.evaluate import loss_and_accuracy, split_logits
+from mnistpipe.models import model_spec
+from mnistpipe.params import parse_params
+from mnistpipe.train import run_training
 
 import results  # benchmarks/results.py
 
@@ -44,7 +52,7 @@ OLD = {
 
 def recipe_params(overrides: dict) -> dict:
     """params.yaml with `overrides` ({"train.lr": 0.01, ...}) applied: raw, before validation."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / paths.PARAMS).read_text())
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         node = raw
@@ -55,19 +63,9 @@ def recipe_params(overrides: dict) -> dict:
 
 
 def worker(overrides: dict, seed: int, profile: int = 0) -> dict | None:
-    """Train one seed in this process (numerics already pinned); its time and test accuracy.
+    """Train one seed in this process (results.run_worker pinned its numerics); its time and test accuracy.
     profile > 0: one epoch on that many training images under torch.profiler instead,
     printing where the time went (to stderr)."""
-    import torch
-
-    from mnistpipe import paths
-    from mnistpipe.data.prepared import Split, load_meta, load_split, normalize
-    from mnistpipe.device import choose_device, make_deterministic
-    from mnistpipe.evaluate import loss_and_accuracy, predict_logits
-    from mnistpipe.models import model_spec
-    from mnistpipe.params import parse_params
-    from mnistpipe.train import run_training
-
     params = parse_params(recipe_params({**overrides, "seed": seed}))
     device = choose_device(params.train.device)
     make_deterministic(device, params.train.tf32)
@@ -82,19 +80,13 @@ def worker(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     result = run_training(params, spec, meta, train, val, device, log=lambda line: print(line, file=sys.stderr))
     seconds = time.perf_counter() - t0
     test = load_split(prepared, "test")
-    x = normalize(test.images, meta.mean, meta.std, device)
-    accuracy = loss_and_accuracy(predict_logits(result.model, x, 2000), test.labels.to(device))[1]
+    logits = split_logits(result.model, test, meta.mean, meta.std, device, 2000)
+    accuracy = loss_and_accuracy(logits, test.labels.to(device))[1]
     return {"seed": seed, "train_s": seconds, "epoch_s": result.seconds_per_epoch, "test_acc": accuracy,
             "epochs": params.train.epochs, "threads": torch.get_num_threads()}
 
 
 def profile_epoch(params, spec, meta, train, val, device) -> None:
-    import dataclasses
-
-    from torch.profiler import profile
-
-    from mnistpipe.train import run_training
-
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))
     with profile() as prof:
         run_training(params, spec, meta, train, val, device, log=lambda line: None)
@@ -104,8 +96,8 @@ def profile_epoch(params, spec, meta, train, val, device) -> None:
 def run(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     """`worker` in a process of its own (its numerics pinned before torch loads); the profile
     goes to this process's stderr, a training run's epoch lines do not."""
-    job = json.dumps({"overrides": overrides, "seed": seed, "profile": profile})
-    return results.run_worker(__file__, job, show_stderr=bool(profile))
+    return results.run_worker(__file__, recipe_params(overrides)["numerics"], show_stderr=bool(profile),
+                              overrides=overrides, seed=seed, profile=profile)
 
 
 def main() -> None:
@@ -117,13 +109,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="add a row to benchmarks/RESULTS.md")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead: profile one epoch of the recipe on N training images (torch.profiler)")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        job = json.loads(args.worker)
-        print(json.dumps(worker(job["overrides"], job["seed"], job["profile"])))
-        return
-
     recipe = {**RECIPE, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
     if args.profile:
         run(recipe, 1, args.profile)
@@ -164,6 +150,4 @@ def record(recipe: dict, runs: list[dict], median_s: float, spread: str, low: fl
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:  # the run's numerics mode, pinned before torch loads
-        pin(recipe_params(json.loads(sys.argv[sys.argv.index("--worker") + 1])["overrides"])["numerics"])
     main()

@@ -17,30 +17,23 @@ Random data of MNIST's shape: the timing does not depend on the pixels.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import json
 import statistics
-import sys
-import time
 from pathlib import Path
 
-from mnistpipe.numerics import pin
+import torch
 
-import results  # benchmarks/results.py; it does not load torch
+from mnistpipe import numerics, paths
+from mnistpipe.data.prepared import Meta, Split
+from mnistpipe.device import make_deterministic
+from mnistpipe.models import model_spec
+from mnistpipe.params import load_params
+from mnistpipe.train import run_training
+
+import results  # benchmarks/results.py
 
 WAYS = ["fast", "+ python kernel", "+ oneDNN", "portable"]
-
-if __name__ == "__main__" and "--worker" in sys.argv:  # numerics must be pinned before torch loads
-    pin("portable" if sys.argv[sys.argv.index("--worker") + 1] == "portable" else "fast")
-
-import torch  # noqa: E402
-
-from mnistpipe import numerics  # noqa: E402
-from mnistpipe.device import make_deterministic  # noqa: E402
-from mnistpipe.models import build_model, model_spec  # noqa: E402
-from mnistpipe.params import load_params  # noqa: E402
-from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 60_000
 
@@ -55,40 +48,35 @@ def route_to_mkl_through_python() -> object:
 
 
 def worker(way: str, epochs: int) -> dict:
-    keep = route_to_mkl_through_python() if way == "+ python kernel" else None  # noqa: F841
+    """Microseconds per step of `epochs` epochs of the library's training run, after one more
+    epoch to warm up; random images, and a validation split too small to matter."""
+    _routing = route_to_mkl_through_python() if way == "+ python kernel" else None  # kept while it runs
     if way == "+ oneDNN":
-        numerics._route_matmuls_to_onednn(torch)
+        numerics.install_onednn_matmuls()
     make_deterministic(torch.device("cpu"))
-    params = load_params(ROOT / "params.yaml")
-    torch.manual_seed(0)
-    model = build_model(model_spec(params.model, (28, 28), 10))
-    optimizer = make_optimizer(model, params.train)
-    x, y = torch.randn(N_TRAIN, 1, 28, 28), torch.randint(0, 10, (N_TRAIN,))
+    params = load_params(ROOT / paths.PARAMS)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs + 1))
     generator = torch.Generator().manual_seed(0)
-    train_epoch(model, optimizer, x, y, params.train.batch_size, generator)  # warm-up
+    train = Split(torch.randint(0, 256, (N_TRAIN, 28, 28), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 10, (N_TRAIN,), generator=generator))
+    meta = Meta(0.5, 0.25, 10, (28, 28), {"train": N_TRAIN})
+    result = run_training(params, model_spec(params.model, meta.image_shape, meta.num_classes), meta, train,
+                          Split(train.images[:64], train.labels[:64]), torch.device("cpu"), log=lambda line: None)
     steps = -(-N_TRAIN // params.train.batch_size)
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        train_epoch(model, optimizer, x, y, params.train.batch_size, generator)
-        times.append((time.perf_counter() - t0) / steps * 1e6)
-    return {"us_per_step": times}
+    return {"us_per_step": [s / steps * 1e6 for s in result.seconds_per_epoch[1:]]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per run")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker", choices=WAYS, help=argparse.SUPPRESS)
     ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.epochs)))
-        return
     steps: dict[str, list[float]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
         for way in WAYS:
-            steps[way] += results.run_worker(__file__, way, "--epochs", str(args.epochs))["us_per_step"]
+            steps[way] += results.run_worker(__file__, "portable" if way == "portable" else "fast",
+                                             way=way, epochs=args.epochs)["us_per_step"]
     median = {way: statistics.median(t) for way, t in steps.items()}
     machine = results.machine()
     print(f"{machine}; torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from mnistpipe import paths
 from mnistpipe.checkpoint import load_model
 from mnistpipe.data.idx import load_images, load_labels
 from mnistpipe.data.prepared import normalize
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirror", default=os.environ.get("MNISTPIPE_MIRROR"),
                         help="directory with the t10k IDX .gz files (default: $MNISTPIPE_MIRROR)")
-    parser.add_argument("--model", default=REPO / "models" / "model.pt", type=Path)
+    parser.add_argument("--model", default=REPO / paths.MODEL, type=Path)
     parser.add_argument("--n", type=int, default=500, help="number of test digits")
     parser.add_argument("--start", type=int, default=0, help="first test digit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rendering")

@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistpipe.numerics import BUDGET_ENV, share_of_cores
+from mnistpipe import paths
+from mnistpipe.machine import share_of_cores
+from mnistpipe.numerics import BUDGET_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -71,7 +73,7 @@ def sweep(repo: Path, env: dict, lrs: list[str], epochs: int, jobs: int) -> tupl
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
                 if rev.get("name") in names:
-                    data = rev["data"]["metrics"]["metrics/eval.json"]["data"]
+                    data = rev["data"]["metrics"][str(paths.EVAL_METRICS)]["data"]
                     metrics[names[rev["name"]]] = json.dumps(data, sort_keys=True)
     return seconds, metrics
 

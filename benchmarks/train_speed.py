@@ -4,8 +4,9 @@ loop, the latter in both numerics modes (portable, the default, and fast).
 All train the same network (params.yaml's model), with the same batch size, optimizer,
 learning rate and epochs, on the full 60,000 training images, then evaluate on the
 10,000 test images. Each way runs in its own subprocess, so peak RSS and the numerics
-settings (fixed when torch loads) are its own. The tutorial runs as written: the
-libraries choose their code paths.
+settings (fixed when torch loads) are its own. The tutorial is written out here, as the
+tutorials write it, with the libraries choosing their code paths; mnistpipe's side is the
+library's own `run_training`, whose epochs include a validation pass over 5,000 images.
 
     python benchmarks/train_speed.py                # 2 rounds of 3 epochs, device from params (auto)
     python benchmarks/train_speed.py --epochs 10 --device cuda
@@ -17,9 +18,9 @@ Prints a table and records it in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gzip
-import json
 import os
 import platform
 import shutil
@@ -29,31 +30,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistpipe.numerics import pin
+import torch
 
-if __name__ == "__main__":  # a worker's numerics mode must be set before torch loads
-    _pre = argparse.ArgumentParser(add_help=False)
-    _pre.add_argument("--numerics", default="fast")
-    pin(_pre.parse_known_args()[0].numerics)
+from mnistpipe import paths
+from mnistpipe.data.prepared import Meta, Split, pixel_stats, read_raw
+from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize
+from mnistpipe.evaluate import loss_and_accuracy, split_logits
+from mnistpipe.models import build_model, model_spec
+from mnistpipe.params import load_params
+from mnistpipe.train import run_training
 
-import torch  # noqa: E402
-
-from mnistpipe.data.prepared import normalize, pixel_stats, read_raw  # noqa: E402
-from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize  # noqa: E402
-from mnistpipe.evaluate import loss_and_accuracy, predict_logits  # noqa: E402
-from mnistpipe.models import build_model, model_spec  # noqa: E402
-from mnistpipe.params import load_params  # noqa: E402
-from mnistpipe.train import make_optimizer, train_epoch  # noqa: E402
-
-import results  # noqa: E402  (benchmarks/results.py)
+import results  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def raw_dir() -> Path:
     mirror = os.environ.get("MNISTPIPE_MIRROR")
-    if (ROOT / "data/raw").is_dir():
-        return ROOT / "data/raw"
+    if (ROOT / paths.RAW).is_dir():
+        return ROOT / paths.RAW
     if mirror and Path(mirror).is_dir():
         return Path(mirror)
     sys.exit("no data: run `dvc repro fetch` or set MNISTPIPE_MIRROR to a directory")
@@ -76,8 +71,8 @@ def worker_tutorial(params, device, epochs: int) -> dict:
     test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
     loader = DataLoader(train_set, batch_size=params.train.batch_size, shuffle=True)
     torch.manual_seed(params.seed)
-    spec = model_spec(params.model, (28, 28), 10)
-    model = build_model(spec).to(device)
+    model = build_model(model_spec(params.model, tuple(train_set.data.shape[1:]), params.data.num_classes))
+    model = model.to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=params.train.lr)
     times = []
@@ -106,42 +101,36 @@ def worker_tutorial(params, device, epochs: int) -> dict:
 
 
 def worker_mnistpipe(params, device, epochs: int) -> dict:
-    """mnistpipe: the split normalized once on the device, seeded permutation batches."""
+    """mnistpipe's training run, as the train stage makes it (the split normalized once on the
+    device, seeded permutation batches, a validation pass after each epoch), on all 60,000
+    training images; 5,000 test images stand in for the validation split."""
     make_deterministic(device, params.train.tf32)
     train, test = read_raw(raw_dir(), params)
     mean, std = pixel_stats(train.images)
-    torch.manual_seed(params.seed)
-    model = build_model(model_spec(params.model, (28, 28), 10)).to(device)
-    optimizer = make_optimizer(model, params.train)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
-    synchronize(device)
+    meta = Meta(mean, std, params.data.num_classes, tuple(train.images.shape[1:]), {"train": len(train)})
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs))
     t_start = time.perf_counter()
-    x, y = normalize(train.images, mean, std, device), train.labels.to(device)
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        train_epoch(model, optimizer, x, y, params.train.batch_size, generator)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
+    result = run_training(params, model_spec(params.model, meta.image_shape, meta.num_classes), meta, train,
+                          Split(test.images[:5000], test.labels[:5000]), device, log=lambda line: None)
     total = time.perf_counter() - t_start
-    x_test, y_test = normalize(test.images, mean, std, device), test.labels.to(device)
-    predict_logits(model, x_test, 10000)  # warm-up, so the timing below is steady state
+    split_logits(result.model, test, mean, std, device, 10000)  # warm-up, so the timing below is steady state
     synchronize(device)
     t0 = time.perf_counter()
-    logits = predict_logits(model, x_test, 10000)
+    logits = split_logits(result.model, test, mean, std, device, 10000)
     synchronize(device)
     eval_s = time.perf_counter() - t0
-    return {"epoch_s": times, "test_acc": loss_and_accuracy(logits, y_test)[1], "eval_s": eval_s,
-            "train_total_s": total}
+    return {"epoch_s": result.seconds_per_epoch, "test_acc": loss_and_accuracy(logits, test.labels.to(device))[1],
+            "eval_s": eval_s, "train_total_s": total}
+
+
+def worker(way: str, epochs: int, device: str) -> dict:
+    """One way's run, in a process of its own (results.run_worker), with its peak RSS."""
+    params = load_params(ROOT / paths.PARAMS)
+    run = worker_tutorial if WAYS[way][0] == "tutorial" else worker_mnistpipe
+    return {**run(params, choose_device(device), epochs), "peak_rss_mb": peak_rss_mb()}
 
 
 WAYS = {"tutorial": ("tutorial", "fast"), "portable": ("mnistpipe", "portable"), "fast": ("mnistpipe", "fast")}
-
-
-def run_worker(way: str, args) -> dict:
-    worker, numerics = WAYS[way]
-    return results.run_worker(__file__, worker, "--numerics", numerics, "--epochs", str(args.epochs),
-                              "--device", args.device)
 
 
 def pooled(rounds: list[dict]) -> dict:
@@ -166,31 +155,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each way, interleaved")
     ap.add_argument("--device", default=None, help="auto|cpu|cuda|mps (default: params.yaml train.device)")
-    ap.add_argument("--worker", choices=["tutorial", "mnistpipe"], help=argparse.SUPPRESS)
-    ap.add_argument("--numerics", choices=["portable", "fast"], default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = ap.parse_args()
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / paths.PARAMS)
     args.device = args.device or params.train.device
     device = choose_device(args.device)
-    if args.worker:
-        fn = worker_tutorial if args.worker == "tutorial" else worker_mnistpipe
-        result = fn(params, device, args.epochs)
-        result["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(result))
-        return
-
     # Rounds interleave the ways, so a slow spell on this shared machine hits all of them.
     runs: dict[str, list[dict]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
         for way in WAYS:
-            runs[way].append(run_worker(way, args))
+            runs[way].append(results.run_worker(__file__, WAYS[way][1], way=way, epochs=args.epochs,
+                                                device=args.device))
     res = {way: pooled(r) for way, r in runs.items()}
     median = {way: statistics.median(r["epoch_s"]) for way, r in res.items()}
     ratio = median["tutorial"] / median["portable"]
     cost = median["portable"] / median["fast"]
-    prepared = sum(p.stat().st_size for p in (ROOT / "data/prepared").glob("*")) / 1e6 \
-        if (ROOT / "data/prepared").is_dir() else float("nan")
+    prepared = sum(p.stat().st_size for p in (ROOT / paths.PREPARED).glob("*")) / 1e6 \
+        if (ROOT / paths.PREPARED).is_dir() else float("nan")
     machine = f"{results.machine()}; {device_name(device)}"
     lines = [
         f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}",

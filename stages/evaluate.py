@@ -2,13 +2,13 @@
 mnistpipe.pipeline.evaluate.run."""
 
 from mnistpipe.errors import exit_on_user_error
-from mnistpipe.numerics import pin_from_params
+from mnistpipe.pipeline import load_and_pin
 
 
 @exit_on_user_error
 def main() -> None:
-    params = pin_from_params()  # first: the math libraries read their code paths as they load
-    from mnistpipe.pipeline import evaluate
+    params = load_and_pin()  # first: the math libraries read their code paths as torch loads
+    from mnistpipe.pipeline import evaluate  # after pinning
 
     evaluate.run(params)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +69,9 @@ def runs(n_flip_worse: int, seed: int = 0, n: int = 10_000) -> tuple[Run, Run]:
 def test_clear_regression_is_found_with_its_class():
     a, b = runs(n_flip_worse=60)
     r = compare(a, b)
-    assert r["b_worse"] and r["verdict"].startswith("B is worse than A")
-    assert [row["class"] for row in r["per_class_significant"]] == [3]
-    assert r["difference_ci95"][1] < 0
+    assert r.b_worse and r.verdict.startswith("B is worse than A")
+    assert [row.label for row in r.per_class_significant] == [3]
+    assert r.difference_ci95[1] < 0
 
 
 def test_per_class_significance_is_holm_corrected():
@@ -78,9 +79,9 @@ def test_per_class_significance_is_holm_corrected():
     not after Holm's correction for testing ten classes; 60 broken images stay significant."""
     a, b = runs(n_flip_worse=6)
     r = compare(a, b)
-    row = next(row for row in r["per_class"] if row["class"] == 3)
-    assert row["p"] == pytest.approx(2 * 0.5**6) and row["p_holm"] == pytest.approx(10 * row["p"])
-    assert r["per_class_significant"] == []
+    row = next(row for row in r.per_class if row.label == 3)
+    assert row.p == pytest.approx(2 * 0.5**6) and row.p_holm == pytest.approx(10 * row.p)
+    assert r.per_class_significant == []
 
 
 def test_accuracy_intervals_are_95_percent():
@@ -88,20 +89,20 @@ def test_accuracy_intervals_are_95_percent():
     for run in (a, b):
         k, n = int(run.correct.sum()), len(run.actual)
         expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-        assert compare(a, b)["accuracy"][run.name]["ci95"] == pytest.approx([expected.low, expected.high])
+        assert compare(a, b).accuracy[run.name].ci95 == pytest.approx([expected.low, expected.high])
 
 
 def test_identical_runs_are_no_significant_difference():
     a, _ = runs(0)
     r = compare(a, Run("B", a.actual, a.predicted.copy(), []))
-    assert not r["b_worse"] and "no significant difference" in r["verdict"]
+    assert not r.b_worse and "no significant difference" in r.verdict
 
 
 def test_welch_over_seeds_when_both_sides_have_them():
     a, b = runs(0)
     a.seed_accuracies, b.seed_accuracies = [0.975, 0.977, 0.976], [0.981, 0.982, 0.980]
-    seeds = compare(a, b)["seeds"]
-    assert seeds["p"] < 0.01 and seeds["mean_b"] > seeds["mean_a"]
+    seeds = compare(a, b).seeds
+    assert seeds.p < 0.01 and seeds.mean_b > seeds.mean_a
 
 
 def test_different_test_sets_are_refused():
@@ -141,3 +142,72 @@ def test_cli_compares_head_with_workspace_and_gates_on_regression(tmp_path):
     assert out.returncode == 0 and json.loads(out.stdout)["mcnemar"]["only_a_right"] == 60
     bad = subprocess.run(cli + ["no-such-branch"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no-such-branch" in bad.stderr
+
+
+GOOD = "index,actual,predicted,confidence\n0,7,7,0.99\n1,2,2,0.98\n"
+MALFORMED = {
+    "empty": (b"", "not a readable CSV table"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text file"),
+    "bad quoting": (b'index,actual,predicted\n0,"7,7\n1,2,2\n', "not a readable CSV table"),
+    "missing column": (b"index,actual,confidence\n0,7,0.9\n", "no 'predicted' column"),
+    "header only": (b"index,actual,predicted,confidence\n", "no rows"),
+    "a word for a class": (b"index,actual,predicted,confidence\n0,7,seven,0.9\n1,2,2,0.9\n",
+                           "row 1: predicted is 'seven'"),
+    "a negative class": (b"index,actual,predicted,confidence\n0,-1,7,0.9\n", "row 1: actual is '-1'"),
+    "a fraction": (b"index,actual,predicted,confidence\n0,7,7.5,0.9\n", "row 1: predicted is '7.5'"),
+}
+BAD_SEEDS = {"garbage": b"{not json", "a list": b"[1, 2]", "accuracy out of range": b'{"n": 2, "test_acc": {"1": 7}}'}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_predictions_are_refused_by_name(case, tmp_path, monkeypatch):
+    """A verdict must never come from a table the evaluate stage did not write: one word in
+    a cell once gave "worse (p < 1e-300)"."""
+    from mnistpipe.compare import load_run
+    from mnistpipe.errors import UserError
+
+    content, message = MALFORMED[case]
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots/predictions.csv").write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="plots/predictions.csv") as error:
+        load_run(None)
+    assert message in str(error.value) and "dvc repro evaluate" in str(error.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SEEDS))
+def test_malformed_seeds_json_is_refused_by_name(case, tmp_path, monkeypatch):
+    from mnistpipe.compare import load_run
+    from mnistpipe.errors import UserError
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "plots/predictions.csv").write_text(GOOD)
+    (tmp_path / "metrics/seeds.json").write_bytes(BAD_SEEDS[case])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="metrics/seeds.json"):
+        load_run(None)
+
+
+@pytest.mark.parametrize("alpha", [0, -0.1, 0.51, 5])
+def test_alpha_must_be_a_significance_level(alpha):
+    from mnistpipe.errors import UserError
+
+    with pytest.raises(UserError, match="--alpha"):
+        compare(*runs(0), alpha=alpha)
+
+
+def test_the_cli_gives_no_verdict_on_malformed_data(tmp_path):
+    cli = [sys.executable, "-m", "mnistpipe.cli", "compare", "--fail-if-worse"]
+    out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "git" in out.stderr  # not a repository
+    env = {**os.environ, **GIT_ENV}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, env=env, check=True)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots/predictions.csv").write_bytes(MALFORMED["a word for a class"][0])
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "a"], cwd=tmp_path, env=env, check=True)
+    out = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "HEAD: plots/predictions.csv" in out.stderr
+    assert "worse" not in out.stdout and "better" not in out.stdout

@@ -23,7 +23,8 @@ from test_train import data, params, train  # noqa: F401  (data is a fixture)
 
 from mnistpipe.distributed import is_main, rank_and_world, shard
 from mnistpipe.errors import UserError
-from mnistpipe.numerics import BUDGET_ENV, THREADS, share_of_cores
+from mnistpipe.machine import share_of_cores
+from mnistpipe.numerics import BUDGET_ENV, THREADS
 from mnistpipe.train import make_augment
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror

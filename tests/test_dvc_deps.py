@@ -35,8 +35,8 @@ def test_closure_follows_relative_lazy_and_package_imports():
     assert {"src/mnistpipe/checkpoint.py", "src/mnistpipe/models.py", "src/mnistpipe/params.py",
             "src/mnistpipe/__init__.py", "src/mnistpipe/data/__init__.py"} <= closure
     assert "src/mnistpipe/predict.py" not in closure
-    # numerics.pin_from_params imports .errors inside the function body
-    assert "src/mnistpipe/errors.py" in import_closure(SRC / "mnistpipe/numerics.py")
+    # machine.machine_facts imports .numerics inside the function body
+    assert "src/mnistpipe/numerics.py" in import_closure(SRC / "mnistpipe/machine.py")
 
 
 def test_paths_module_and_dvc_yaml_name_the_same_files():

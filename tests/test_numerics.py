@@ -134,3 +134,26 @@ def test_portable_replaces_the_users_library_settings_and_keeps_the_thread_budge
     threads = int(budget or 2)
     assert result == {"env": {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": str(threads)},
                       "threads": threads}
+
+
+BROKEN = """
+import sys
+from mnistpipe import numerics
+from mnistpipe.errors import exit_on_user_error
+if sys.argv[1] == "no kernel":
+    numerics.onednn_linear = lambda: None
+else:  # the kernels register, but products do not reach them
+    numerics._register_products = lambda lib, linear: (lambda: 0)
+exit_on_user_error(numerics.pin)("portable")
+print("ran portable")
+"""
+
+
+@pytest.mark.parametrize("broken", ["no kernel", "not routed"])
+def test_portable_refuses_to_run_without_its_matmul_kernel(broken):
+    """Without oneDNN's linear kernel, or when products do not reach it, a run would silently
+    be on MKL's paths: portable mode stops with a message instead."""
+    out = subprocess.run([sys.executable, "-c", BROKEN, broken], capture_output=True, text=True)
+    assert out.returncode == 2 and "ran portable" not in out.stdout
+    assert "error: numerics: portable" in out.stderr and "numerics: fast" in out.stderr
+    assert "Traceback" not in out.stderr

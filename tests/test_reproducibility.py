@@ -77,8 +77,8 @@ def test_mlp_same_bytes_for_any_thread_count_and_environment(prepared, tmp_path)
             for name, extra in HOSTILE.items()}
     assert_same_outputs(runs)
     log = json.loads(runs["AVX-512 everywhere"]["log"])
-    assert (log["numerics"], log["threads"], log["mkl_cbwr"], log["onednn_enabled"]) == \
-        ("portable", 2, "COMPATIBLE", False)
+    assert (log["numerics"], log["threads"], log["mkl_cbwr"], log["convolutions"], log["float32_matmul"]) == \
+        ("portable", 2, "COMPATIBLE", "ATen im2col + MKL GEMM", "oneDNN AVX2 (index-order chains)")
     assert json.loads(runs["budget of 1 thread"]["log"])["threads"] == 1
 
 
@@ -96,7 +96,7 @@ def test_fast_mode_lets_the_environment_choose(prepared, tmp_path):
                                  numerics="fast")
     log = json.loads(outputs["log"])
     assert (log["numerics"], log["threads"], log["aten_cpu_capability"]) == ("fast", 1, "DEFAULT")
-    assert log["onednn_enabled"] is True
+    assert (log["convolutions"], log["float32_matmul"]) == ("oneDNN", "MKL")
 
 
 def test_thread_budget_must_be_a_positive_number(prepared, tmp_path):

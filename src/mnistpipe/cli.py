@@ -7,9 +7,10 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import paths
 from .errors import UserError, exit_on_user_error
 
-DEFAULT_MODEL = "models/model.pt"
+DEFAULT_MODEL = str(paths.MODEL)
 
 
 def model_file(path: str) -> Path:
@@ -89,13 +90,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from .compare import compare, format_table, load_run
 
     result = compare(load_run(args.a), load_run(args.b), args.alpha)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 1 if args.fail_if_worse and result["b_worse"] else 0
+    print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else format_table(result))
+    return 1 if args.fail_if_worse and result.b_worse else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

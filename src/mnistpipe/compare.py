@@ -15,9 +15,7 @@ both, and only the images where the runs disagree carry information.
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,9 +23,10 @@ from scipy import stats
 
 from . import paths
 from .errors import UserError
-from .evaluate import wilson_interval
+from .evaluate import SeedAccuracies, wilson_interval
 
 RESAMPLES = 10_000
+FIX = "rerun the evaluate stage there (dvc repro evaluate)"
 
 
 @dataclass
@@ -35,39 +34,132 @@ class Run:
     name: str
     actual: np.ndarray  # test labels, in test-set order
     predicted: np.ndarray
-    seed_accuracies: list[float]  # test accuracy of each extra training seed (may be empty)
+    seed_accuracies: list[float]  # test accuracy of each training seed's model (empty with one seed)
 
     def __post_init__(self) -> None:
         self.correct = self.predicted == self.actual
 
 
 def _read(path: str, rev: str | None) -> str | None:
-    if rev is None:
-        try:
-            return open(path).read()
-        except FileNotFoundError:
-            return None
+    """The text of `path` at `rev` (None: the workspace), or None where it does not exist."""
+    try:
+        if rev is None:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        return _read_at(path, rev)
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise UserError(f"{rev or 'workspace'}: {path} is not a text file; {FIX}") from None
+    except OSError as exc:
+        raise UserError(f"{rev or 'workspace'}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_at(path: str, rev: str) -> str | None:
     import dvc.api
     from dvc.exceptions import PathMissingError
-    from dvc.scm import RevError
+    from dvc.scm import RevError, SCMError
 
     try:
         return dvc.api.read(path, rev=rev)
     except RevError as exc:
         raise UserError(f"{rev!r} is not a git revision, branch or experiment here ({exc})") from None
+    except SCMError as exc:  # also DVC's NotDvcRepoError
+        raise UserError(f"cannot read {path} at {rev!r}: {exc}; run compare inside the project's git clone") from None
     except PathMissingError:
         return None
+
+
+def parse_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The `actual` and `predicted` columns of a predictions.csv, checked: a verdict must never
+    come from a table that is not what the evaluate stage writes."""
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str)  # cells as written, for the messages
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise UserError(f"{source}: not a readable CSV table ({str(exc).splitlines()[0]}); {FIX}") from None
+    missing = [c for c in ("actual", "predicted") if c not in table.columns]
+    if missing or table.empty:
+        problem = f"no {' or '.join(repr(c) for c in missing)} column" if missing else "no rows"
+        raise UserError(f"{source}: {problem}; {FIX}")
+    for column in ("actual", "predicted"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() | (values < 0) | (values != values.round())
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise UserError(f"{source}: row {row + 1}: {column} is {table[column].iloc[row]!r}, not a class "
+                            f"number (a whole number, at least 0); {FIX}")
+    return table["actual"].to_numpy(np.int64), table["predicted"].to_numpy(np.int64)
 
 
 def load_run(rev: str | None) -> Run:
     name = rev or "workspace"
     text = _read(str(paths.PREDICTIONS), rev)
     if text is None:
-        raise UserError(f"{name}: no {paths.PREDICTIONS}; run the evaluate stage there (dvc repro evaluate)")
-    table = pd.read_csv(io.StringIO(text))
-    seeds = json.loads(_read(str(paths.SEEDS_METRICS), rev) or "{}")
-    return Run(name, table["actual"].to_numpy(), table["predicted"].to_numpy(),
-               list((seeds.get("test_acc") or {}).values()))
+        raise UserError(f"{name}: no {paths.PREDICTIONS}; {FIX}")
+    actual, predicted = parse_predictions(text, f"{name}: {paths.PREDICTIONS}")
+    seeds_text = _read(str(paths.SEEDS_METRICS), rev)
+    seeds = SeedAccuracies.from_json(seeds_text, f"{name}: {paths.SEEDS_METRICS}") if seeds_text else None
+    return Run(name, actual, predicted, list(seeds.test_acc.values()) if seeds else [])
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    accuracy: float
+    ci95: tuple[float, float]  # Wilson interval
+    errors: int
+
+
+@dataclass(frozen=True)
+class McNemar:
+    only_a_right: int
+    only_b_right: int
+    p: float
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    """One class's images: each side's accuracy and McNemar's test, raw and Holm-corrected."""
+    label: int
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    only_a_right: int
+    only_b_right: int
+    p: float
+    p_holm: float
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """Welch's t-test on the two sides' per-seed accuracies."""
+    mean_a: float
+    n_a: int
+    mean_b: float
+    n_b: int
+    welch_t: float
+    p: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What `compare` found; `mnistpipe compare --json` prints it as a dict."""
+    a: str
+    b: str
+    n: int
+    alpha: float
+    accuracy: dict[str, Accuracy]  # by run name
+    difference: float  # accuracy of b - accuracy of a
+    difference_ci95: tuple[float, float]  # paired bootstrap
+    mcnemar: McNemar
+    per_class: list[ClassChange]
+    seeds: SeedTest | None
+    verdict: str
+    b_worse: bool
+    per_class_significant: list[ClassChange] = field(init=False)
+
+    def __post_init__(self) -> None:
+        significant = [c for c in self.per_class if c.p_holm < self.alpha]
+        object.__setattr__(self, "per_class_significant", significant)
 
 
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
@@ -105,45 +197,42 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def compare(a: Run, b: Run, alpha: float = 0.05) -> dict[str, Any]:
+def compare(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
+    if not 0 < alpha <= 0.5:
+        raise UserError(f"--alpha {alpha}: the significance level must lie in (0, 0.5], e.g. 0.05")
     if len(a.actual) != len(b.actual) or not np.array_equal(a.actual, b.actual):
         raise UserError(f"{a.name} and {b.name} were evaluated on different test sets; "
                         "a paired comparison needs the same images in the same order")
     n = len(a.actual)
-    acc = {}
-    for run in (a, b):
-        k = int(run.correct.sum())
-        acc[run.name] = {"accuracy": k / n, "ci95": list(wilson_interval(k, n)), "errors": n - k}
+    accuracy = {run.name: Accuracy(int(run.correct.sum()) / n, wilson_interval(int(run.correct.sum()), n),
+                                   n - int(run.correct.sum())) for run in (a, b)}
     diff = float(b.correct.mean() - a.correct.mean())
-    only_a, only_b, p = mcnemar(a.correct, b.correct)
-    classes = sorted(set(a.actual.tolist()))
-    per_class = []
-    for c in classes:
-        mask = a.actual == c
-        cb, cc, cp = mcnemar(a.correct[mask], b.correct[mask])
-        per_class.append({"class": int(c), "n": int(mask.sum()), "accuracy_a": float(a.correct[mask].mean()),
-                          "accuracy_b": float(b.correct[mask].mean()), "only_a_right": cb,
-                          "only_b_right": cc, "p": cp})
-    for row, adjusted in zip(per_class, holm([r["p"] for r in per_class])):
-        row["p_holm"] = adjusted
-    result: dict[str, Any] = {
-        "a": a.name, "b": b.name, "n": n, "alpha": alpha, "accuracy": acc,
-        "difference": diff, "difference_ci95": list(paired_bootstrap(a.correct, b.correct)),
-        "mcnemar": {"only_a_right": only_a, "only_b_right": only_b, "p": p},
-        "per_class_significant": [r for r in per_class if r["p_holm"] < alpha],
-        "per_class": per_class,
-    }
-    if len(a.seed_accuracies) >= 2 and len(b.seed_accuracies) >= 2:
-        welch = stats.ttest_ind(b.seed_accuracies, a.seed_accuracies, equal_var=False)
-        result["seeds"] = {"mean_a": float(np.mean(a.seed_accuracies)), "n_a": len(a.seed_accuracies),
-                           "mean_b": float(np.mean(b.seed_accuracies)), "n_b": len(b.seed_accuracies),
-                           "welch_t": float(welch.statistic), "p": float(welch.pvalue)}
-    result["b_worse"] = p < alpha and diff < 0
-    if p < alpha:
-        result["verdict"] = f"{b.name} is {'worse' if diff < 0 else 'better'} than {a.name} ({p_text(p)})"
+    test = McNemar(*mcnemar(a.correct, b.correct))
+    if test.p < alpha:
+        verdict = f"{b.name} is {'worse' if diff < 0 else 'better'} than {a.name} ({p_text(test.p)})"
     else:
-        result["verdict"] = f"no significant difference ({p_text(p)}): within run-to-run noise"
-    return result
+        verdict = f"no significant difference ({p_text(test.p)}): within run-to-run noise"
+    return Comparison(a.name, b.name, n, alpha, accuracy, diff, paired_bootstrap(a.correct, b.correct), test,
+                      per_class_changes(a, b), seed_test(a, b), verdict, b_worse=test.p < alpha and diff < 0)
+
+
+def per_class_changes(a: Run, b: Run) -> list[ClassChange]:
+    """McNemar on each class's images, with Holm's correction for testing every class."""
+    rows = []
+    for c in sorted(set(a.actual.tolist())):
+        mask = a.actual == c
+        rows.append((int(c), int(mask.sum()), float(a.correct[mask].mean()), float(b.correct[mask].mean()),
+                     *mcnemar(a.correct[mask], b.correct[mask])))
+    return [ClassChange(*row, p_holm=adjusted) for row, adjusted in zip(rows, holm([r[-1] for r in rows]))]
+
+
+def seed_test(a: Run, b: Run) -> SeedTest | None:
+    """Welch's t-test when both sides have at least two training seeds."""
+    if len(a.seed_accuracies) < 2 or len(b.seed_accuracies) < 2:
+        return None
+    welch = stats.ttest_ind(b.seed_accuracies, a.seed_accuracies, equal_var=False)
+    return SeedTest(float(np.mean(a.seed_accuracies)), len(a.seed_accuracies), float(np.mean(b.seed_accuracies)),
+                    len(b.seed_accuracies), float(welch.statistic), float(welch.pvalue))
 
 
 def p_text(p: float) -> str:
@@ -151,26 +240,26 @@ def p_text(p: float) -> str:
     return "p < 1e-300" if p < 1e-300 else f"p = {p:.2g}"
 
 
-def format_table(r: dict[str, Any]) -> str:
-    rows = [{"run": name, "accuracy": f"{v['accuracy']:.4f}",
-             "95% interval": f"{v['ci95'][0]:.4f}–{v['ci95'][1]:.4f}", "errors": v["errors"]}
-            for name, v in r["accuracy"].items()]
-    mc = r["mcnemar"]
+def format_table(r: Comparison) -> str:
+    rows = [{"run": name, "accuracy": f"{v.accuracy:.4f}", "95% interval": f"{v.ci95[0]:.4f}–{v.ci95[1]:.4f}",
+             "errors": v.errors} for name, v in r.accuracy.items()]
+    mc = r.mcnemar
     lines = [pd.DataFrame(rows).to_string(index=False), "",
-             f"difference {r['b']} - {r['a']}: {r['difference']:+.4f} "
-             f"(95% paired bootstrap {r['difference_ci95'][0]:+.4f} to {r['difference_ci95'][1]:+.4f})",
-             f"McNemar (exact): only {r['a']} right on {mc['only_a_right']} images, only {r['b']} right on "
-             f"{mc['only_b_right']}; {p_text(mc['p'])}"]
-    if "seeds" in r:
-        s = r["seeds"]
-        lines.append(f"over seeds: mean {s['mean_a']:.4f} (n={s['n_a']}) vs {s['mean_b']:.4f} (n={s['n_b']}); "
-                     f"Welch {p_text(s['p'])}")
-    if r["per_class_significant"]:
-        table = pd.DataFrame(r["per_class_significant"])[["class", "accuracy_a", "accuracy_b", "p_holm"]]
-        table["p_holm"] = table["p_holm"].map(lambda v: "<1e-300" if v < 1e-300 else f"{v:.2g}")
-        lines += [f"classes that changed significantly (Holm-corrected, alpha {r['alpha']}):",
+             f"difference {r.b} - {r.a}: {r.difference:+.4f} "
+             f"(95% paired bootstrap {r.difference_ci95[0]:+.4f} to {r.difference_ci95[1]:+.4f})",
+             f"McNemar (exact): only {r.a} right on {mc.only_a_right} images, only {r.b} right on "
+             f"{mc.only_b_right}; {p_text(mc.p)}"]
+    if r.seeds is not None:
+        s = r.seeds
+        lines.append(f"over seeds: mean {s.mean_a:.4f} (n={s.n_a}) vs {s.mean_b:.4f} (n={s.n_b}); "
+                     f"Welch {p_text(s.p)}")
+    if r.per_class_significant:
+        table = pd.DataFrame([{"class": c.label, "accuracy_a": c.accuracy_a, "accuracy_b": c.accuracy_b,
+                               "p_holm": "<1e-300" if c.p_holm < 1e-300 else f"{c.p_holm:.2g}"}
+                              for c in r.per_class_significant])
+        lines += [f"classes that changed significantly (Holm-corrected, alpha {r.alpha}):",
                   table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     else:
-        lines.append(f"no class changed significantly on its own (Holm-corrected, alpha {r['alpha']})")
-    lines += ["", r["verdict"]]
+        lines.append(f"no class changed significantly on its own (Holm-corrected, alpha {r.alpha})")
+    lines += ["", r.verdict]
     return "\n".join(lines)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .data.prepared import Split, normalize
+from .errors import UserError
 
 
 @torch.inference_mode()
@@ -17,6 +23,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
     out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
+
+
+def split_logits(model: nn.Module, split: Split, mean: float, std: float, device: torch.device | str,
+                 batch_size: int) -> torch.Tensor:
+    """The model's logits on `split`, its images normalized with the training split's `mean` and `std`."""
+    return predict_logits(model.to(device), normalize(split.images, mean, std, device), batch_size)
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -67,3 +79,35 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
                   "f1": round(float(f1[c]), 6), "support": int(cm[c].sum())}
                  for c in range(num_classes)]
     return metrics, per_class
+
+
+@dataclass(frozen=True)
+class SeedAccuracies:
+    """metrics/seeds.json: the test accuracy of each training seed's model, the main one's
+    included, by seed; with one seed the file says only {"n": 1}."""
+    test_acc: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        values = list(self.test_acc.values())
+        if len(values) <= 1:
+            return {"n": 1}
+        return {"n": len(values), "test_acc_mean": round(statistics.mean(values), 6),
+                "test_acc_std": round(statistics.stdev(values), 6),
+                "test_acc_min": min(values), "test_acc_max": max(values), "test_acc": self.test_acc}
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> SeedAccuracies:
+        """Parse what to_json wrote; anything else is a UserError naming `source`."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise UserError(f"{source}: not JSON ({exc}); rerun the evaluate stage (dvc repro evaluate)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("n"), int):
+            raise UserError(f"{source}: expected an object with a whole number \"n\", as the evaluate stage "
+                            "writes; rerun it (dvc repro evaluate)")
+        accuracies = data.get("test_acc", {}) if data["n"] > 1 else {}
+        if not isinstance(accuracies, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in accuracies.values()):
+            raise UserError(f"{source}: \"test_acc\" must map each seed to an accuracy between 0 and 1; "
+                            "rerun the evaluate stage (dvc repro evaluate)")
+        return cls({str(k): float(v) for k, v in accuracies.items()})

@@ -1,47 +1,27 @@
 """Numerics modes: which code paths the math libraries take.
 
-`portable` (the default) makes the same inputs give the same bits on any x86-64 CPU
-with AVX2, Intel or AMD, whatever the core count or the user's environment:
+`portable` (the default) gives the same bits for the same inputs on any x86-64 CPU with
+AVX2, whatever its vendor, core count or the user's environment; `fast` leaves every
+choice to the libraries. What each mode pins, and what is guaranteed and tested, is
+written once, in docs/reproducibility.md.
 
-- ATen (PyTorch's own kernels) runs its AVX2 build, not AVX-512 where the CPU has it;
-- float32 matrix products (every Linear layer's, forward and backward) run on oneDNN's
-  AVX2 kernels, which compute each output as one fused multiply-add chain in index order,
-  over consecutive blocks of 1,024 terms, each block's chain added to the sum of those
-  before it: a result defined by the math, not by the CPU's cache sizes, vendor or thread
-  count (tests/test_numerics.py checks it against that definition; in oneDNN v3.12's
-  source the block is a constant, `default_k_blk = 1024` in brgemm_matmul_utils.cpp);
-- MKL, for what remains (the CNN's convolutions), runs its COMPATIBLE branch, the one
-  code path it keeps on every vendor's CPU (other branches are honoured only on Intel);
-- oneDNN's JIT is capped at AVX2 and its convolutions are switched off (their sums
-  are split by thread), as is NNPACK, so convolutions run as ATen's im2col + MKL GEMM;
-- exactly THREADS intra-op threads (or 1, under a thread budget): MKL's COMPATIBLE GEMM
-  and ATen's parallel reductions split their sums by thread count (3 threads gave other
-  bits than 1 or 2).
-
-Every setting that could steer those libraries elsewhere (ATEN_CPU_CAPABILITY,
-MKL_*, ONEDNN_*, DNNL_*, OMP_NUM_THREADS) is overridden. They are read once, when the
-libraries load, so `pin` must run before anything imports torch.
-
-`fast` leaves every choice to the libraries: faster on CPUs with AVX-512, but the
-numbers then depend on the CPU and the thread count.
+The libraries read their settings once, as they load, so `pin` runs before anything
+imports torch.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import re
 import sys
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import Any
 
-if TYPE_CHECKING:
-    from .params import Params
+from .errors import UserError
 
 MODES = ("portable", "fast")
-THREADS = 2
+THREADS = 2  # 3 threads give other bits: MKL and ATen's reductions split sums by thread
 # A per-process thread budget, e.g. `MNISTPIPE_THREADS=1 dvc queue start -j 2` on 2 cores, so
-# parallel workers do not oversubscribe the cores. Portable honours 1 (the same bits as 2,
-# tested); a larger budget stays at THREADS, since 3 threads give other bits.
+# parallel workers do not oversubscribe the cores. Portable honours 1 (the same bits as 2, tested).
 BUDGET_ENV = "MNISTPIPE_THREADS"
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -52,16 +32,12 @@ PORTABLE_ENV = {
 OVERRIDDEN_PREFIXES = ("MKL_", "ONEDNN_", "DNNL_")
 
 
-def share_of_cores(workers: int) -> int:
-    """Threads per process when `workers` processes share the cores this one may run on."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+class PortableUnavailable(UserError):
+    """This torch build lacks a kernel portable mode needs."""
 
 
 def thread_budget(mode: str) -> int | None:
     """Intra-op threads for `mode` under $MNISTPIPE_THREADS; None: the libraries choose."""
-    from .errors import UserError
-
     raw = os.environ.get(BUDGET_ENV)
     if raw is None:
         return THREADS if mode == "portable" else None
@@ -71,7 +47,9 @@ def thread_budget(mode: str) -> int | None:
 
 
 def pin(mode: str) -> None:
-    """Put the math libraries on `mode`'s code paths. Call before torch is imported."""
+    """Put the math libraries on `mode`'s code paths. Call before torch is imported.
+
+    Raises PortableUnavailable when this torch cannot run portable mode's kernels."""
     if mode not in MODES:
         raise ValueError(f"unknown numerics mode {mode!r}")
     threads = thread_budget(mode)
@@ -89,12 +67,10 @@ def pin(mode: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = False
-    # NNPACK would otherwise run convolutions' forward pass: another library with its own
-    # thread pool (which fights OpenMP's for the cores) and unverified bits; ATen's own
-    # convolution was 10% faster here anyway.
+    torch.backends.mkldnn.enabled = False  # oneDNN's convolutions split their sums by thread
+    # NNPACK would run convolutions' forward pass with its own thread pool and unverified bits.
     torch.backends.nnpack.set_flags(False)
-    _route_matmuls_to_onednn(torch)
+    install_onednn_matmuls()
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"warning: this CPU runs ATen's {torch.backends.cpu.get_cpu_capability()} kernels, "
               "not AVX2: results repeat on this machine but may differ from AVX2 machines",
@@ -104,100 +80,98 @@ def pin(mode: str) -> None:
 _matmul_overrides = None  # the registration lives as long as this object
 
 
-def _route_matmuls_to_onednn(torch) -> None:
-    """Give ATen's float32 CPU matrix products (`mm`, `addmm`) to oneDNN's AVX2 matmul.
+def onednn_linear():
+    """oneDNN's linear operator, or None where this torch build lacks it."""
+    import torch
 
-    MKL's COMPATIBLE branch is SSE-era (2.4x slower on the MLP's first layer) and, for
-    small products such as a batch times a 10-class layer, gives other bits with 1 thread
-    than with 2. Autograd's formulas call `mm` too, so backward passes take the same path.
-    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def install_onednn_matmuls() -> None:
+    """Give ATen's float32 CPU matrix products (`mm`, `addmm`) to oneDNN's AVX2 matmul, whose
+    sums are index-order chains; check that a product really goes there, or raise.
+
+    MKL's COMPATIBLE branch is slower and, for small products, gives other bits with 1
+    thread than with 2. Autograd calls `mm` too, so backward passes take the same path."""
     global _matmul_overrides
-    linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if _matmul_overrides is not None or linear is None or not torch.backends.mkldnn.is_available():
+    if _matmul_overrides is not None:
         return
+    linear = onednn_linear()
+    if linear is None:
+        raise PortableUnavailable(
+            "numerics: portable needs oneDNN's linear kernel (torch.ops.mkldnn._linear_pointwise), "
+            "which this torch build lacks; install the torch in constraints.txt, "
+            "or set `numerics: fast` in params.yaml (results then depend on the machine)")
+    import torch
+
+    lib = torch.library.Library("aten", "IMPL")
+    calls = _register_products(lib, linear)
+    _matmul_overrides = lib
+    a = torch.ones(3, 4)
+    if calls() != 0 or not torch.equal(a @ a.t(), torch.full((3, 3), 4.0)) or calls() != 1:
+        _matmul_overrides = None
+        raise PortableUnavailable("numerics: portable could not route matrix products to oneDNN in this "
+                                  "torch build; install the torch in constraints.txt, or set `numerics: fast`")
+
+
+def _register_products(lib, linear):
+    """Register the `mm` and `addmm` kernels on `lib`; returns a counter of the products they
+    gave to oneDNN."""
+    import torch
+
+    count = [0]
 
     def handled(a, b) -> bool:
         return a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2 and a.numel() and b.numel()
 
-    def chain(a, b, bias):
-        """a @ b (+ bias, once, after the sums) on oneDNN's linear, which computes input @ weight.T.
-
-        oneDNN hands some products to other kernels (its sgemm, a gemv, a reference loop)
-        whose sums are not the chain: a single row or column, and zero-stride (broadcast)
-        operands. So those are copied: a row or column twice (the copy's result is dropped)."""
-        m, n = a.shape[0], b.shape[1]
-        if m == 1 or 0 in a.stride():  # m == 1: a last batch of one image; predict on one image
-            a = a.repeat(2 if m == 1 else 1, 1)
-        if n == 1 or 0 in b.stride():
-            b = b.repeat(1, 2 if n == 1 else 1)
-            if n == 1 and bias is not None:
-                bias = bias.repeat(2)
-        out = linear.default(a, b.t(), bias, "none", [], "")
-        return out[:m, :n].contiguous() if m == 1 or n == 1 else out
-
     def mm(a, b):
         if handled(a, b):
-            return chain(a, b, None)
+            count[0] += 1
+            return _chain(linear, a, b, None)
         return torch.mm(a, b, out=a.new_empty(a.shape[0], b.shape[1]))  # mm.out: ATen's own kernel
 
     def addmm(bias, a, b, *, beta=1, alpha=1):
         if handled(a, b) and beta == alpha == 1 and bias.shape == (b.shape[1],) and bias.dtype == a.dtype:
-            return chain(a, b, bias)
+            count[0] += 1
+            return _chain(linear, a, b, bias)
         return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=a.new_empty(a.shape[0], b.shape[1]))
 
-    import warnings
-
-    lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():  # "overriding a previously registered kernel": intended
         warnings.simplefilter("ignore")
         lib.impl("mm", mm, "CPU")
         lib.impl("addmm", addmm, "CPU")
-    _matmul_overrides = lib
+    return lambda: count[0]
 
 
-def pin_from_params(path: str = "params.yaml") -> Params:
-    """Read and validate params.yaml, pin its `numerics` mode, and return the params.
+def _chain(linear, a, b, bias):
+    """a @ b (+ bias, once, after the sums) on oneDNN's linear, which computes input @ weight.T.
 
-    Stage scripts call this first, before importing torch (see `pin`), and use the params
-    it returns. A bad params.yaml ends the stage here, before any work.
-    """
-    from .errors import exit_on_user_error
-    from .params import load_params
-
-    params = exit_on_user_error(load_params)(path)
-    exit_on_user_error(pin)(params.numerics)
-    return params
-
-
-def cpu_model() -> tuple[str, str]:
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.processor() or platform.machine(), ""
-    field = lambda name: (re.search(rf"^{name}\s*:\s*(.+)$", info, re.M) or [None, ""])[1]  # noqa: E731
-    return field("model name"), field("vendor_id")
+    oneDNN hands a single row or column, and zero-stride (broadcast) operands, to other kernels
+    (its sgemm, a gemv, a reference loop) whose sums are not the chain: those are copied, a row
+    or column twice (the copy's result is dropped)."""
+    m, n = a.shape[0], b.shape[1]
+    if m == 1 or 0 in a.stride():  # m == 1: a last batch of one image; predict on one image
+        a = a.repeat(2 if m == 1 else 1, 1)
+    if n == 1 or 0 in b.stride():
+        b = b.repeat(1, 2 if n == 1 else 1)
+        if n == 1 and bias is not None:
+            bias = bias.repeat(2)
+    out = linear.default(a, b.t(), bias, "none", [], "")
+    return out[:m, :n].contiguous() if m == 1 or n == 1 else out
 
 
-def machine_facts(mode: str) -> dict[str, Any]:
-    """What this machine and its libraries did: for logs, never for metrics."""
+def facts(mode: str) -> dict[str, Any]:
+    """What the math libraries ran in this process: for logs, never for metrics."""
     import torch
 
-    config = torch.__config__.show()
-    version = lambda pattern: (re.search(pattern, config) or [None, None])[1]  # noqa: E731
-    model, vendor = cpu_model()
     return {
         "numerics": mode,
-        "cpu_model": model,
-        "cpu_vendor": vendor,
-        "cpu_cores": os.cpu_count(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
-        "mkl": version(r"Math Kernel Library Version (\S+)"),
         "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),
-        "onednn": version(r"MKL-DNN v(\S+)"),
-        "onednn_enabled": torch.backends.mkldnn.enabled,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
+        "convolutions": "oneDNN" if torch.backends.mkldnn.enabled else "ATen im2col + MKL GEMM",
         "float32_matmul": "oneDNN AVX2 (index-order chains)" if _matmul_overrides is not None else "MKL",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
     }

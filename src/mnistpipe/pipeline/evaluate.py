@@ -4,7 +4,6 @@ temperature scaling; plus the test accuracy of each seed's model as mean ± std.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -15,10 +14,10 @@ from .. import paths
 from ..atomic import write_csv, write_json
 from ..calibration import expected_calibration_error, probabilities, reliability_table
 from ..checkpoint import load_model, temperature_of
-from ..data.prepared import load_split, normalize
+from ..data.prepared import load_split
 from ..device import choose_device, device_name, synchronize
-from ..evaluate import classification_metrics, loss_and_accuracy, predict_logits
-from ..numerics import machine_facts
+from ..evaluate import SeedAccuracies, classification_metrics, loss_and_accuracy, split_logits
+from ..machine import machine_facts
 from ..params import Params
 
 
@@ -26,23 +25,16 @@ def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor
     """The model's test logits and its calibration temperature."""
     model, ckpt = load_model(path)
     norm = ckpt["normalization"]
-    x = normalize(test.images, norm["mean"], norm["std"], device)
-    return predict_logits(model.to(device), x, batch_size), temperature_of(ckpt)
+    return split_logits(model, test, norm["mean"], norm["std"], device, batch_size), temperature_of(ckpt)
 
 
-def seeds_summary(main_seed: int, main_accuracy: float, test, device, batch_size: int) -> dict:
-    """Test accuracy per training seed, the main model's and each extra one's
-    (models/seeds/seed<N>.pt), with their mean ± std; just {"n": 1} without extra seeds."""
+def seed_accuracies(main_seed: int, main_accuracy: float, test, device, batch_size: int) -> SeedAccuracies:
+    """Test accuracy per training seed: the main model's and each extra one's (models/seeds/seed<N>.pt)."""
     acc = {str(main_seed): main_accuracy}
     acc |= {str(seed): round(loss_and_accuracy(test_logits(path, test, device, batch_size)[0],
                                                test.labels.to(device))[1], 6)
             for seed, path in paths.seed_models().items()}
-    if len(acc) == 1:
-        return {"n": 1}
-    values = list(acc.values())
-    return {"n": len(values), "test_acc_mean": round(statistics.mean(values), 6),
-            "test_acc_std": round(statistics.stdev(values), 6),
-            "test_acc_min": min(values), "test_acc_max": max(values), "test_acc": acc}
+    return SeedAccuracies(acc)
 
 
 def run(params: Params) -> None:
@@ -64,8 +56,8 @@ def run(params: Params) -> None:
     write_json(paths.EVAL_METRICS, metrics)
     write_csv(paths.PER_CLASS, per_class)
     write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
-    write_json(paths.SEEDS_METRICS, seeds_summary(params.seed, metrics["accuracy"], test, device,
-                                                     params.evaluate.batch_size))
+    write_json(paths.SEEDS_METRICS, seed_accuracies(params.seed, metrics["accuracy"], test, device,
+                                                    params.evaluate.batch_size).to_json())
     write_csv(paths.PREDICTIONS, [
         {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
         for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))

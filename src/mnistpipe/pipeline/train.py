@@ -25,8 +25,9 @@ from ..data.prepared import Meta, Split, load_meta, load_split
 from ..device import choose_device, device_name, make_deterministic, peak_rss_mb
 from ..distributed import close_distributed, init_distributed, is_main, rank_and_world
 from ..errors import UserError
+from ..machine import machine_facts, share_of_cores
 from ..models import count_parameters, model_spec
-from ..numerics import BUDGET_ENV, machine_facts, share_of_cores
+from ..numerics import BUDGET_ENV
 from ..params import Params
 from ..train import Resume, data_digest, run_fingerprint, run_training
 

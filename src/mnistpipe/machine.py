@@ -1,0 +1,48 @@
+"""The machine a run is on: its cores, CPU and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from typing import Any
+
+
+def share_of_cores(workers: int) -> int:
+    """Threads per process when `workers` processes share the cores this one may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def _search(pattern: str, text: str) -> str | None:
+    found = re.search(pattern, text, re.M)
+    return found[1] if found else None
+
+
+def cpu_model() -> tuple[str, str]:
+    """The CPU's model name and vendor ("" where unknown)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or platform.machine(), ""
+    return _search(r"^model name\s*:\s*(.+)$", info) or "", _search(r"^vendor_id\s*:\s*(.+)$", info) or ""
+
+
+def machine_facts(mode: str) -> dict[str, Any]:
+    """What this machine and its libraries did: for logs, never for metrics."""
+    import torch
+
+    from . import numerics
+
+    config = torch.__config__.show()
+    model, vendor = cpu_model()
+    return {
+        **numerics.facts(mode),
+        "cpu_model": model,
+        "cpu_vendor": vendor,
+        "cpu_cores": os.cpu_count(),
+        "mkl": _search(r"Math Kernel Library Version (\S+)", config),
+        "onednn": _search(r"MKL-DNN v(\S+)", config),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
