@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mnistpipe.errors import UserError
 from mnistpipe.params import Params, as_dict, load_params, parse_params
@@ -102,14 +104,14 @@ def test_prepare_mean_and_std_both_set():
     ("train", "momentum", 1.0, ["train.momentum", "[0, 1)"]),
     ("train", "weight_decay", -0.1, ["train.weight_decay", ">= 0"]),
     ("train", "label_smoothing", 1.0, ["train.label_smoothing", "[0, 1)"]),
-    ("train", "processes", 0, ["train.processes", ">= 1"]),
+    ("train", "processes", 0, ["train.processes", "1..64"]),
     ("train", "processes", 2.0, ["train.processes", "expected an integer"]),
-    ("train", "processes", 65, ["train.processes", "<= train.batch_size (64)"]),
+    ("train", "processes", 65, ["train.processes", "1..64", "65"]),
     ("evaluate", "device", "tpu", ["evaluate.device", "'tpu'"]),
     ("evaluate", "batch_size", 0, ["evaluate.batch_size"]),
     ("model", "arch", "transformer", ["model.arch", "'mlp'"]),
     ("model", "hidden", 128, ["model.hidden", "expected a list"]),
-    ("model", "hidden", [0], ["model.hidden[0]", ">= 1", "got 0"]),
+    ("model", "hidden", [0], ["model.hidden[0]", "1..16384", "got 0"]),
     ("model", "hidden", [128, -5], ["model.hidden[1]", "got -5"]),
     ("model", "hidden", [128, "64"], ["model.hidden[1]", "expected an integer"]),
     ("data", "num_classes", 1, ["data.num_classes", "2..256"]),
@@ -316,3 +318,248 @@ def test_train_stage_with_bad_params(tmp_path):
     assert lines[0].startswith("error: params.yaml: train.lr: "), lines[0]
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no data/, models/, ...
+
+
+# --- hostile files: refused quickly, before any value is built -------------------------------
+
+BASE_TEXT = (REPO / "params.yaml").read_text()
+
+# A small "billion laughs": three levels of nine aliases (the full nine levels, 9**9 strings,
+# is tested on the validate stage, in a process with capped memory).
+LAUGHS = ('lol0: &lol0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+          + "".join(f"lol{i}: &lol{i} [{','.join([f'*lol{i - 1}'] * 9)}]\n" for i in range(1, 3)))
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def yaml_loader(request, monkeypatch):
+    """Both of PyYAML's loaders: the C one where PyYAML was built with libyaml, else pure Python."""
+    from mnistpipe import params
+
+    if request.param == "libyaml":
+        if not hasattr(yaml, "CSafeLoader"):
+            pytest.skip("PyYAML without libyaml")
+        monkeypatch.setattr(params, "_YAML_LOADER", yaml.CSafeLoader, raising=False)
+    else:
+        monkeypatch.setattr(params, "_YAML_LOADER", yaml.SafeLoader, raising=False)
+
+
+def load_text(tmp_path, text: str) -> str:
+    """load_params on `text` must raise a one-line UserError naming the file; return the rest
+    of its message (the path holds the test's name)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    return message.removeprefix(str(path))
+
+
+@pytest.mark.parametrize("text", [
+    LAUGHS + BASE_TEXT,  # refused for the aliases alone, so no bomb ever goes off
+    BASE_TEXT.replace("lr: 0.001", "lr: &lr 0.001").replace("batch_size: 10000", "batch_size: *lr"),
+    BASE_TEXT.replace("evaluate:\n", "base: &d {device: auto}\nevaluate:\n  <<: *d\n"),  # a merge key
+])
+def test_aliases_refused(tmp_path, yaml_loader, text):
+    message = load_text(tmp_path, text)
+    assert "alias" in message and "line " in message
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 20000 + "]" * 20000 + "\n",
+    "a: " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
+    "".join(" " * i + "k:\n" for i in range(300)) + " " * 300 + "v\n",  # block style
+])
+def test_deep_nesting_refused(tmp_path, yaml_loader, text):
+    assert "nest" in load_text(tmp_path, text)  # ours, or libyaml's own limit of 1000 levels
+
+
+def test_an_anchor_without_alias_is_harmless(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(BASE_TEXT.replace("lr: 0.001", "lr: &lr 0.001"))
+    assert load_params(path) == load_params(REPO / "params.yaml")
+
+
+def test_oversized_file_refused(tmp_path):
+    message = load_text(tmp_path, BASE_TEXT + "#" * 70_000 + "\n")
+    assert "larger than" in message
+
+
+def test_huge_integer_literal_refused(tmp_path):
+    message = load_text(tmp_path, BASE_TEXT.replace("seed: 42", "seed: " + "9" * 5000))
+    assert "cannot read" in message
+
+
+def test_not_utf8_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(BASE_TEXT.encode() + b"# caf\xe9\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_params(path)
+
+
+def test_syntax_error_is_one_line_with_its_place(tmp_path):
+    message = load_text(tmp_path, "train:\n  lr: [0.1\n  epochs: 3\n")
+    assert "not valid YAML" in message and "line 3" in message
+
+
+# --- values validate once accepted that no stage could run ----------------------------------
+
+@pytest.mark.parametrize("section, key, value, fragments", [
+    ("model", "hidden", [1_000_000_000], ["model.hidden[0]", "1..16384", "1000000000"]),
+    ("model", "hidden", [16384, 16384, 16384], ["model.hidden", "parameters", "100,000,000"]),
+    ("model", "hidden", [8] * 65, ["model.hidden", "at most 64"]),
+    ("train", "epochs", 10**100, ["train.epochs", "1..1000"]),
+    ("train", "epochs", 1e100, ["train.epochs", "expected an integer"]),
+    ("train", "epochs", "1e100", ["train.epochs", "expected an integer"]),
+    ("train", "processes", 100_000, ["train.processes", "1..64", "100000"]),
+    ("train", "batch_size", 55_001, ["train.batch_size", "training split", "55000", "55001"]),
+    ("prepare", "val_size", 60_000, ["prepare.val_size", "at most 59999"]),
+    ("train", "lr", 10**400, ["train.lr", "finite"]),
+    ("multiseed", "seeds", list(range(101)), ["multiseed.seeds", "at most 100"]),
+])
+def test_unrunnable_value_names_key(section, key, value, fragments):
+    rejected(with_value(section, key, value), *fragments)
+
+
+def test_largest_runnable_values_accepted():
+    raw = repo_params_raw()
+    raw["train"].update(batch_size=55_000, epochs=1000, processes=64)
+    raw["model"]["hidden"] = [16384, 4096]
+    raw["multiseed"]["seeds"] = list(range(100))
+    assert parse_params(raw).train.batch_size == 55_000
+
+
+@pytest.mark.parametrize("name", ["train\0.gz", "a\\b.gz", "tab\there.gz", "x" * 200 + ".gz"])
+def test_unusable_file_name(name):
+    raw = repo_params_raw()
+    raw["data"]["test_labels"]["name"] = name
+    rejected(raw, "data.test_labels.name", "plain file name")
+
+
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte.gz", "TRAIN-labels-idx1-ubyte.gz"])
+def test_two_files_with_one_name(name):
+    raw = repo_params_raw()
+    raw["data"]["test_labels"]["name"] = name
+    rejected(raw, "data.test_labels.name", "must differ from data.train_labels.name")
+
+
+def cnn_raw(channels: list[int]) -> dict:
+    raw = repo_params_raw()
+    raw["model"]["arch"] = "cnn"
+    raw["model"]["cnn"]["channels"] = channels
+    return raw
+
+
+@pytest.fixture
+def small_images(monkeypatch):
+    """The repository's dataset as if its images were 8x8 (at most 3 pooling blocks)."""
+    from mnistpipe import params
+
+    key = next(iter(params.KNOWN_DATA))
+    monkeypatch.setitem(params.KNOWN_DATA, key, params.DataShape(60000, 10000, (8, 8)))
+
+
+def test_cnn_deeper_than_the_images_allow(small_images):
+    parse_params(cnn_raw([4, 4, 4]))
+    rejected(cnn_raw([4, 4, 4, 4]), "model.cnn.channels", "8x8", "at most 3")
+
+
+def test_empty_test_set_refused(monkeypatch):
+    from mnistpipe import params
+
+    key = next(iter(params.KNOWN_DATA))
+    monkeypatch.setitem(params.KNOWN_DATA, key, params.DataShape(60000, 0, (28, 28)))
+    rejected(repo_params_raw(), "data.test_images", "no images")
+
+
+def test_known_data_is_the_repository_dataset():
+    """The sizes used for the cross-field rules belong to the checksums params.yaml pins."""
+    from mnistpipe.params import DataShape
+
+    assert load_params(REPO / "params.yaml").data.shape == DataShape(60000, 10000, (28, 28))
+
+
+def test_cnn_as_deep_as_mnist_allows():
+    """28 -> 14 -> 7 -> 3 -> 1: four blocks fit MNIST's images, and such a network runs."""
+    import torch
+
+    from mnistpipe.models import build_model, model_spec
+
+    params = parse_params(cnn_raw([4, 4, 4, 4]))
+    net = build_model(model_spec(params.model, (28, 28), 10))
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+widths = st.lists(st.integers(1, 24), max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arch=st.sampled_from(["mlp", "cnn"]), hidden=widths, channels=widths.filter(bool),
+       fc=st.integers(1, 24), side=st.integers(1, 40), num_classes=st.integers(2, 12))
+def test_parameter_count_is_the_models(arch, hidden, channels, fc, side, num_classes):
+    """params.py counts without torch what models.py builds."""
+    from mnistpipe.models import build_model, count_parameters, model_spec
+    from mnistpipe.params import CNNConfig, ModelConfig, max_pool_blocks, parameter_count
+
+    config = ModelConfig(arch, hidden, CNNConfig(channels, fc, 0.0))
+    shape = (side, side + 3)
+    if arch == "cnn" and len(channels) > max_pool_blocks(shape):
+        return  # refused by validation; such a network fails on its first batch
+    net = build_model(model_spec(config, shape, num_classes))
+    assert parameter_count(config, shape, num_classes) == count_parameters(net)
+
+
+@pytest.mark.parametrize("side, blocks", [(1, 0), (2, 1), (3, 1), (7, 2), (8, 3), (28, 4), (32, 5)])
+def test_max_pool_blocks(side, blocks):
+    """A side s allows floor(log2 s) halvings before it would reach zero."""
+    import torch
+    from torch import nn
+
+    from mnistpipe.params import max_pool_blocks
+
+    assert max_pool_blocks((side, side + 5)) == blocks
+    x = torch.zeros(1, 1, side, side)
+    for _ in range(blocks):
+        x = nn.MaxPool2d(2)(x)
+    assert x.shape[-1] >= 1
+    with pytest.raises(RuntimeError):
+        nn.MaxPool2d(2)(x)
+
+
+hostile = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(300, 1200).map(lambda n: 10**n) | st.floats()
+    | st.text(max_size=30) | st.integers(5000, 6000).map(lambda n: "\0x" * n),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def paths_in(raw: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for k, v in raw.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict):
+            out += paths_in(v, (*prefix, k))
+    return out
+
+
+PATHS = paths_in(repo_params_raw())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(where=st.sampled_from(PATHS), value=hostile)
+def test_any_value_gives_a_short_user_error_or_params(where, value):
+    """Whatever value lands at whatever key: valid params, or one short line naming the key."""
+    raw = repo_params_raw()
+    node = raw
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    try:
+        parse_params(raw)
+    except UserError as exc:
+        message = str(exc)
+        assert "\n" not in message and len(message) < 400, message
+        assert message.startswith(f"params.yaml: {where[0]}"), message

@@ -89,3 +89,30 @@ def test_validate_stage_stops_on_bad_params(tmp_path, monkeypatch, capsys):
         stage_module("validate").main()
     assert exc.value.code == 2 and "train.lr" in capsys.readouterr().err
     assert not paths.PARAMS_VALID.exists()
+
+
+LAUGHS = ('lol0: &lol0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+          + "".join(f"lol{i}: &lol{i} [{','.join([f'*lol{i - 1}'] * 9)}]\n" for i in range(1, 9)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limit via setrlimit")
+@pytest.mark.parametrize("hostile, fragment", [
+    (LAUGHS, "alias"),  # "billion laughs": 9**9 strings from 1 KB, once expanded
+    ("deep: " + "[" * 20000 + "]" * 20000 + "\n", "nest"),
+])
+def test_validate_stage_refuses_hostile_yaml_within_bounds(tmp_path, hostile, fragment):
+    """The real entry script, capped at 300 MB of address space and 60 s: one line, exit 2,
+    and no params_valid marker. (By hand it takes about 0.1 s and 20 MB.)"""
+    import resource
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20))
+
+    (tmp_path / "params.yaml").write_text(hostile + (REPO / "params.yaml").read_text())
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "validate.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, preexec_fn=cap_memory)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: params.yaml"), result.stderr
+    assert fragment in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

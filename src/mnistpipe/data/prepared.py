@@ -55,6 +55,9 @@ def read_raw(raw_dir: Path, params: Params) -> tuple[Split, Split]:
                             f"({files[f'{part}_images'].name}, {files[f'{part}_labels'].name})")
         sets.append(Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype("int64"))))
     train, test = sets
+    if len(test) == 0:  # params can't say how many images a file holds: known only now
+        raise UserError(f"{files['test_images']} holds no images: evaluation needs a test set; "
+                        "point data.test_images and data.test_labels at a non-empty one")
     if train.images.shape[1:] != test.images.shape[1:]:
         raise UserError(f"train images are {tuple(train.images.shape[1:])} but test images "
                         f"are {tuple(test.images.shape[1:])}")
