@@ -306,7 +306,7 @@ def check_out(parser: argparse.ArgumentParser, out: Path | None) -> Path | None:
 def model_name(model_path: Path) -> str:
     from mnistpipe.checkpoint import load_model
 
-    spec = load_model(model_path)[1]["spec"]
+    spec = load_model(model_path)[1].spec.to_dict()
     return " ".join([spec["arch"]] + [f"{k}={v}" for k, v in spec.items()
                                       if k not in ("arch", "image_shape", "num_classes")])
 

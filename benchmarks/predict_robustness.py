@@ -52,9 +52,9 @@ def evaluate(mirror: Path, model_path: Path, n: int = 500, start: int = 0, seed:
     """Accuracy on test digits start..start+n: clean originals, and user-style photos via predict."""
     images = load_images(Path(mirror) / "t10k-images-idx3-ubyte.gz")[start:start + n]
     labels = load_labels(Path(mirror) / "t10k-labels-idx1-ubyte.gz", 10)[start:start + n].astype(np.int64)
-    model, ckpt = load_model(model_path)
+    model, info = load_model(model_path)
     with torch.inference_mode():
-        x = normalize(torch.from_numpy(images.copy()), **ckpt["normalization"])
+        x = normalize(torch.from_numpy(images.copy()), info.mean, info.std)
         clean = (model(x).argmax(1).numpy() == labels).mean()
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,6 @@
-"""prepare: parse the IDX files, split off validation, fix normalization, cache tensors."""
+"""prepare: parse the IDX files, split off validation, fix normalization, cache tensors; the
+work is mnistpipe.pipeline.prepare.run."""
 
-import sys
-
-from mnistpipe import paths
-from mnistpipe.atomic import atomic_dir
-from mnistpipe.data.prepared import pixel_stats, read_raw, split_validation, write_prepared
 from mnistpipe.errors import exit_on_user_error
 from mnistpipe.params import load_params
 
@@ -12,17 +8,9 @@ from mnistpipe.params import load_params
 @exit_on_user_error
 def main() -> None:
     params = load_params()
-    train, test = read_raw(paths.RAW, params)
-    train, val = split_validation(train, params.prepare.val_size, params.seed)
-    if params.prepare.mean is None:
-        mean, std = pixel_stats(train.images)
-    else:
-        mean, std = params.prepare.mean, params.prepare.std
-    with atomic_dir(paths.PREPARED) as tmp:
-        write_prepared(tmp, {"train": train, "val": val, "test": test}, mean, std,
-                       params.data.num_classes)
-    print(f"prepared {len(train)} train, {len(val)} val, {len(test)} test images; "
-          f"normalization mean {mean:.4f} std {std:.4f}", file=sys.stderr)
+    from mnistpipe.pipeline import prepare  # torch loads here, not when the stage is imported
+
+    prepare.run(params)
 
 
 if __name__ == "__main__":

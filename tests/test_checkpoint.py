@@ -15,7 +15,7 @@ from mnistpipe import checkpoint
 from mnistpipe.checkpoint import MODEL_FORMAT, load_file, load_model, save_model
 from mnistpipe.cli import main
 from mnistpipe.errors import UserError
-from mnistpipe.models import MLP, build_model, count_parameters, describe, model_spec
+from mnistpipe.models import MLP, ModelSpec, build_model, count_parameters, describe, model_spec
 from mnistpipe.params import parse_params
 
 from conftest import repo_params_raw
@@ -26,15 +26,19 @@ def spec(hidden: list[int], image_shape=(28, 28), num_classes: int = 10) -> dict
             "num_classes": num_classes}
 
 
+def typed(hidden: list[int], **shape) -> ModelSpec:
+    return ModelSpec.from_dict(spec(hidden, **shape))
+
+
 def make_model(hidden: list[int], seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(spec(hidden))
+    return build_model(typed(hidden))
 
 
 def saved(tmp_path: Path, hidden=(128, 64), seed: int = 0) -> tuple[Path, torch.nn.Module]:
     model = make_model(list(hidden), seed)
     path = tmp_path / "models" / "model.pt"
-    save_model(path, model, spec(list(hidden)), mean=0.1307, std=0.3081)
+    save_model(path, model, typed(list(hidden)), mean=0.1307, std=0.3081)
     return path, model
 
 
@@ -54,27 +58,27 @@ def load_error(path: Path) -> str:
     ([], 7_850),  # logistic regression: 784*10 + 10
 ])
 def test_parameter_count(hidden, expected):
-    model = build_model(spec(hidden))
+    model = build_model(typed(hidden))
     assert count_parameters(model) == expected
 
 
 def test_parameter_count_from_params_config():
     s = model_spec(parse_params(repo_params_raw()).model, (28, 28), 10)
-    assert s == spec([128, 64])
+    assert s.to_dict() == spec([128, 64])
     assert count_parameters(build_model(s)) == 109_386
     assert describe(s) == "MLP 784-128-64-10"
 
 
 def test_logistic_regression_is_one_linear_layer():
-    model = build_model(spec([]))
+    model = build_model(typed([]))
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1 and (linears[0].in_features, linears[0].out_features) == (784, 10)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
-    assert describe(spec([])) == "MLP 784-10"
+    assert describe(typed([])) == "MLP 784-10"
 
 
 def test_forward_shape_and_architecture():
-    model = build_model(spec([128, 64], image_shape=(20, 24), num_classes=7))
+    model = build_model(typed([128, 64], image_shape=(20, 24), num_classes=7))
     assert isinstance(model, MLP)
     assert model(torch.zeros(5, 1, 20, 24)).shape == (5, 7)
     widths = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -82,24 +86,24 @@ def test_forward_shape_and_architecture():
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 2
 
 
-def test_unknown_arch_in_build_model():
+def test_unknown_arch_in_a_spec():
     with pytest.raises(ValueError, match="unknown architecture 'cnn3d'"):
-        build_model({**spec([8]), "arch": "cnn3d"})
+        ModelSpec.from_dict({**spec([8]), "arch": "cnn3d"})
 
 
 # --- save / load round trip -------------------------------------------------------------------
 
 def test_round_trip_identical_logits(tmp_path):
     path, model = saved(tmp_path, hidden=(128, 64), seed=3)
-    loaded, ckpt = load_model(path)
+    loaded, info = load_model(path)
     x = torch.rand(16, 1, 28, 28)
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert not loaded.training
-    assert ckpt["format"] == MODEL_FORMAT
-    assert ckpt["spec"] == spec([128, 64])
-    assert ckpt["normalization"] == {"mean": pytest.approx(0.1307), "std": pytest.approx(0.3081)}
+    assert torch.load(path, weights_only=True)["format"] == MODEL_FORMAT
+    assert info.spec == typed([128, 64]) and torch.load(path, weights_only=True)["spec"] == spec([128, 64])
+    assert (info.mean, info.std) == (pytest.approx(0.1307), pytest.approx(0.3081))
     assert count_parameters(loaded) == 109_386
 
 
@@ -187,7 +191,7 @@ def test_temperature_is_optional(tmp_path, temperature):
     path, _ = saved(tmp_path)
     ckpt = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "temperature"}
     torch.save(ckpt if temperature is None else {**ckpt, "temperature": temperature}, path)
-    assert load_model(path)[1].get("temperature") == temperature
+    assert load_model(path)[1].temperature == (1.0 if temperature is None else temperature)
 
 
 def test_other_architecture(tmp_path):

@@ -23,7 +23,7 @@ from mnistpipe.checkpoint import load_model, save_model
 from mnistpipe.cli import main
 from mnistpipe.data.idx import load_images, load_labels
 from mnistpipe.data.prepared import normalize
-from mnistpipe.models import build_model
+from mnistpipe.models import ModelSpec, build_model
 
 from conftest import REPO, synthetic_digits
 
@@ -41,14 +41,14 @@ def make_checkpoint(path: Path, arch: str, seed: int = 0) -> Path:
     non-trivial statistics, so folding it into the convolutions is really tested."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model(SPECS[arch])
+        model = build_model(ModelSpec.from_dict(SPECS[arch]))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.data.uniform_(0.5, 1.5)
                 module.bias.data.uniform_(-0.2, 0.2)
-    save_model(path, model, SPECS[arch], MEAN, STD)
+    save_model(path, model, ModelSpec.from_dict(SPECS[arch]), MEAN, STD)
     return path
 
 
@@ -293,12 +293,11 @@ def test_real_model_on_the_mnist_test_set(ort, tmp_path, capsys):
     ckpt.write_bytes(data)
 
     assert run_cli("--model", ckpt, "--output", tmp_path / "model.onnx") == 0
-    model, meta = load_model(ckpt)
-    norm = meta["normalization"]
+    model, info = load_model(ckpt)
     images = torch.from_numpy(load_images(images_gz).copy())
-    labels = load_labels(labels_gz, meta["spec"]["num_classes"])
+    labels = load_labels(labels_gz, info.spec.num_classes)
     assert len(images) == 10_000
-    x = normalize(images, norm["mean"], norm["std"])
+    x = normalize(images, info.mean, info.std)
     sess = session(ort, tmp_path / "model.onnx")
     want, got = [], []
     with torch.inference_mode():

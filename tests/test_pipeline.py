@@ -53,10 +53,10 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
     assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
     assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_raw"] <= 1
     temperature = json.loads((repo / "metrics/train.json").read_text())["temperature"]
-    model, ckpt = load_model(repo / "models/model.pt")
-    assert temperature > 0 and ckpt["temperature"] == temperature
+    model, info = load_model(repo / "models/model.pt")
+    assert temperature > 0 and info.temperature == temperature
     test = load_split(repo / "data/prepared", "test")  # predictions carry calibrated probabilities
-    logits = model(normalize(test.images[:5], ckpt["normalization"]["mean"], ckpt["normalization"]["std"]))
+    logits = model(normalize(test.images[:5], info.mean, info.std))
     expected = (logits / temperature).softmax(1).max(1).values.tolist()
     rows = (repo / "plots/predictions.csv").read_text().splitlines()[1:6]
     assert [float(r.split(",")[3]) for r in rows] == pytest.approx(expected, abs=2e-6)

@@ -21,12 +21,12 @@ from mnistpipe import predict
 from mnistpipe.checkpoint import save_model
 from mnistpipe.cli import main
 from mnistpipe.data.prepared import normalize
-from mnistpipe.models import build_model
+from mnistpipe.models import ModelSpec, build_model
 from mnistpipe.predict import ImageError, load_image, predict_files, preprocess
 
 from conftest import REPO, load_benchmark
 
-SPEC = {"arch": "mlp", "hidden": [16], "image_shape": [28, 28], "num_classes": 10}
+SPEC = ModelSpec("mlp", (28, 28), 10, hidden=(16,))
 # A "4"-like figure in unit coordinates: asymmetric, so its centre of mass is not its box centre.
 STROKES = [[(0.65, 0.0), (0.0, 0.62), (0.9, 0.62)], [(0.65, 0.0), (0.65, 1.0)]]
 

@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 from mnistpipe import predict
 from mnistpipe.checkpoint import save_model
 from mnistpipe.cli import main
-from mnistpipe.models import build_model
+from mnistpipe.models import ModelSpec, build_model
 from mnistpipe.predict import ImageError, image_files, load_image, shown
 
-SPEC = {"arch": "mlp", "hidden": [16], "image_shape": [28, 28], "num_classes": 10}
+SPEC = ModelSpec("mlp", (28, 28), 10, hidden=(16,))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from .atomic import save_torch
 from .errors import UserError
-from .models import build_model
+from .models import ModelSpec, build_model
 
 MODEL_FORMAT = "mnistpipe-model/1"
 MODEL_HINT = "a model file written by the train stage, such as models/model.pt"
@@ -31,12 +32,21 @@ MAX_CHECKPOINT_BYTES = 1 << 30
 MAX_PICKLE_BYTES = 16 << 20
 
 
-def save_model(path: Path, model: nn.Module, spec: dict[str, Any], mean: float, std: float,
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model file says besides its weights."""
+    spec: ModelSpec
+    mean: float  # normalization constants of the training split
+    std: float
+    temperature: float  # calibration: divide the logits by it for probabilities (calibration.py)
+
+
+def save_model(path: Path, model: nn.Module, spec: ModelSpec, mean: float, std: float,
                temperature: float = 1.0) -> None:
     """`temperature`: divide the logits by it for calibrated probabilities (calibration.py)."""
     save_torch(path, {
         "format": MODEL_FORMAT,
-        "spec": spec,
+        "spec": spec.to_dict(),
         "normalization": {"mean": mean, "std": std},
         "temperature": temperature,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -104,7 +114,7 @@ def load_file(path: Path, what: str, expected: str = "") -> dict[str, Any]:
     return data
 
 
-def temperature_of(ckpt: dict[str, Any]) -> float:
+def _temperature(ckpt: dict[str, Any]) -> float:
     """A model checkpoint's calibration temperature (logits / T); 1.0 in files from before calibration."""
     return ckpt.get("temperature", 1.0)
 
@@ -118,7 +128,7 @@ def _check_constants(path: Path, ckpt: dict[str, Any]) -> None:
         raise UserError(f"{path}: normalization constants must be finite with std > 0, not mean "
                         f"{norm['mean']!r}, std {norm['std']!r}; the prepared data was degenerate: "
                         "prepare and train again")
-    temperature = temperature_of(ckpt)
+    temperature = _temperature(ckpt)
     if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
             and math.isfinite(temperature) and temperature > 0):
         raise UserError(f"{path}: calibration temperature must be a positive number, "
@@ -141,11 +151,12 @@ def _misfit(expected: dict[str, torch.Tensor], state: Any) -> str | None:
     return None
 
 
-def _rebuild(path: Path, spec: Any, state: Any) -> nn.Module:
+def _rebuild(path: Path, spec: Any, state: Any) -> tuple[nn.Module, ModelSpec]:
     """The spec's model holding the file's weights. It is built on the meta device, which
     allocates nothing, and takes the file's tensors as its own (assign=True) once their
     shapes match: no memory goes to sizes the spec merely claims."""
     try:
+        spec = ModelSpec.from_dict(spec)
         with torch.device("meta"):
             model = build_model(spec)
         expected = model.state_dict()
@@ -163,16 +174,17 @@ def _rebuild(path: Path, spec: Any, state: Any) -> nn.Module:
     if broken is not None:
         raise UserError(f"{path}: weights {broken} hold NaN or infinite values (training diverged?); "
                         "retrain it, e.g. with a lower train.lr")
-    return model
+    return model, spec
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model in eval mode; returns (model, checkpoint dict)."""
+def load_model(path: Path) -> tuple[nn.Module, ModelFile]:
+    """Rebuild the model in eval mode; returns it with what its file says besides the weights."""
     ckpt = load_file(path, "model checkpoint", MODEL_HINT)
     if ckpt.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: not a mnistpipe model (format {ckpt.get('format')!r}, "
                         f"expected {MODEL_FORMAT!r}); train one with `dvc repro train`")
     _check_constants(path, ckpt)
-    model = _rebuild(path, ckpt.get("spec"), ckpt.get("state_dict"))
+    model, spec = _rebuild(path, ckpt.get("spec"), ckpt.get("state_dict"))
     model.eval()
-    return model, ckpt
+    norm = ckpt["normalization"]
+    return model, ModelFile(spec, norm["mean"], norm["std"], float(_temperature(ckpt)))

@@ -44,14 +44,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     escape_what_cannot_print()
     path = model_file(args.model)
-    model, ckpt = load_model(path)
+    model, info = load_model(path)
     print(f"model: {args.model}")
-    print(f"architecture: {describe(ckpt['spec'])}")
+    print(f"architecture: {describe(info.spec)}")
     print(f"parameters: {count_parameters(model):,}")
-    norm = ckpt["normalization"]
-    print(f"normalization: mean {norm['mean']:.4f}, std {norm['std']:.4f}")
-    if "temperature" in ckpt:
-        print(f"calibration temperature: {ckpt['temperature']:.4f} (probabilities from logits / T)")
+    print(f"normalization: mean {info.mean:.4f}, std {info.std:.4f}")
+    print(f"calibration temperature: {info.temperature:.4f} (probabilities from logits / T)")
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
     warn_stale_exports(path)
     return 0

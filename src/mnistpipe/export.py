@@ -29,14 +29,14 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .checkpoint import load_model
+from .checkpoint import ModelFile, load_model
 from .errors import UserError
+from .models import ModelSpec
 
 ONNX_FORMAT = "mnistpipe-onnx/1"
 PT2_FORMAT = "mnistpipe-pt2/1"
@@ -86,30 +86,29 @@ def stale_exports(model_path: str | Path) -> list[Path]:
     return [p for p in candidates if p.is_file() and exported_from(p) != current]
 
 
-def metadata(ckpt: dict[str, Any], source: bytes, fmt: str) -> dict[str, str]:
+def metadata(info: ModelFile, source: bytes, fmt: str) -> dict[str, str]:
     """What a consumer needs besides the weights, as strings (ONNX metadata_props are strings)."""
-    spec = ckpt["spec"]
-    mean, std = ckpt["normalization"]["mean"], ckpt["normalization"]["std"]
-    h, w = spec["image_shape"]
+    spec, mean, std = info.spec, info.mean, info.std
+    h, w = spec.image_shape
     return {
         "format": fmt,
-        "spec": json.dumps(spec, sort_keys=True),
+        "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "mean": repr(float(mean)),
         "std": repr(float(std)),
-        "num_classes": str(int(spec["num_classes"])),
+        "num_classes": str(int(spec.num_classes)),
         "image_shape": json.dumps([int(h), int(w)]),
         "input": f"{INPUT_NAME}: float32 [batch, 1, {h}, {w}], normalized",
-        "output": f"{OUTPUT_NAME}: float32 [batch, {spec['num_classes']}], raw logits; argmax = class",
+        "output": f"{OUTPUT_NAME}: float32 [batch, {spec.num_classes}], raw logits; argmax = class",
         "preprocessing": f"{INPUT_NAME} = (pixels / 255 - {mean!r}) / {std!r}; pixels uint8 0..255, "
                          "white digit on black background (as MNIST), shape [batch, 1, H, W]",
         "source_sha256": hashlib.sha256(source).hexdigest(),
     }
 
 
-def _check_inputs(spec: dict[str, Any]) -> torch.Tensor:
+def _check_inputs(spec: ModelSpec) -> torch.Tensor:
     """Seeded inputs for checking the exported model: a batch of 16, roughly normalized pixels."""
     g = torch.Generator().manual_seed(0)
-    return torch.randn(16, 1, *spec["image_shape"], generator=g)
+    return torch.randn(16, 1, *spec.image_shape, generator=g)
 
 
 def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +133,7 @@ def _torch_at_least(major: int, minor: int) -> bool:
         return True
 
 
-def _onnx_program(model: nn.Module, spec: dict[str, Any]):
+def _onnx_program(model: nn.Module, spec: ModelSpec):
     """torch.onnx's dynamo export with a dynamic batch, or a UserError naming the fix."""
     if not _torch_at_least(2, 6):
         raise UserError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__}); "
@@ -145,7 +144,7 @@ def _onnx_program(model: nn.Module, spec: dict[str, Any]):
     except ImportError as exc:
         raise UserError(f"ONNX export needs the packages onnx and onnxscript ({exc}); "
                         f"install them: {EXTRAS_HINT}") from None
-    example = torch.zeros(2, 1, *spec["image_shape"])  # batch 2: never specialized to a constant
+    example = torch.zeros(2, 1, *spec.image_shape)  # batch 2: never specialized to a constant
     try:
         return torch.onnx.export(
             model, (example,), None, dynamo=True, opset_version=OPSET, verbose=False,
@@ -160,16 +159,16 @@ def _onnx_program(model: nn.Module, spec: dict[str, Any]):
                         f"({exc}); upgrade them: pip install -U onnxscript onnx-ir") from None
 
 
-def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[bytes, float | None]:
+def to_onnx(model: nn.Module, info: ModelFile, source: bytes) -> tuple[bytes, float | None]:
     """Serialized ONNX model (checked), and the max |logit diff| vs PyTorch if onnxruntime is here."""
-    spec = ckpt["spec"]
+    spec = info.spec
     proto = _onnx_program(model, spec).model_proto
     import onnx  # _onnx_program checked that it is installed
-    proto.doc_string = (f"mnistpipe {spec['arch']} digit classifier. Input '{INPUT_NAME}': "
+    proto.doc_string = (f"mnistpipe {spec.arch} digit classifier. Input '{INPUT_NAME}': "
                         f"float32 [batch, 1, H, W] = (pixels/255 - mean)/std (see metadata 'mean', "
                         f"'std'). Output '{OUTPUT_NAME}': logits [batch, num_classes].")
     del proto.metadata_props[:]
-    for key, value in metadata(ckpt, source, ONNX_FORMAT).items():
+    for key, value in metadata(info, source, ONNX_FORMAT).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
@@ -187,14 +186,14 @@ def to_onnx(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[byte
     return data, diff
 
 
-def to_pt2(model: nn.Module, ckpt: dict[str, Any], source: bytes) -> tuple[bytes, float]:
+def to_pt2(model: nn.Module, info: ModelFile, source: bytes) -> tuple[bytes, float]:
     """A torch.export archive (load with torch.export.load(path).module()), checked."""
-    spec = ckpt["spec"]
-    example = torch.zeros(2, 1, *spec["image_shape"])
+    spec = info.spec
+    example = torch.zeros(2, 1, *spec.image_shape)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={
-        "mnistpipe.json": json.dumps(metadata(ckpt, source, PT2_FORMAT), indent=2)})
+        "mnistpipe.json": json.dumps(metadata(info, source, PT2_FORMAT), indent=2)})
     data = buffer.getvalue()
 
     loaded = torch.export.load(io.BytesIO(data)).module()
@@ -209,12 +208,12 @@ def export_model(model_path: str | Path, fmt: str = "onnx", output: str | Path |
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(SUFFIXES)}")
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path, fmt)
-    model, ckpt = load_model(model_path)  # UserError if missing or not a mnistpipe model
+    model, info = load_model(model_path)  # UserError if missing or not a mnistpipe model
     if output.resolve() == model_path.resolve():
         raise UserError(f"{output}: that is the checkpoint being exported; choose another --output")
     _check_writable_place(output, fmt)  # before the slow part
     source = model_path.read_bytes()
-    data, diff = (to_onnx if fmt == "onnx" else to_pt2)(model, ckpt, source)
+    data, diff = (to_onnx if fmt == "onnx" else to_pt2)(model, info, source)
     try:
         with atomic_path(output) as tmp:
             tmp.write_bytes(data)

@@ -1,7 +1,8 @@
-"""Network architectures, built from a plain spec dict (stored in checkpoints)."""
+"""Network architectures, built from a ModelSpec (stored in checkpoints as a plain dict)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,14 +41,48 @@ class CNN(nn.Sequential):
         super().__init__(*layers)
 
 
-def model_spec(config: ModelConfig, image_shape: tuple[int, int], num_classes: int) -> dict[str, Any]:
-    """Everything needed to rebuild the network: its architecture's params plus data shape."""
-    spec: dict[str, Any] = {"arch": config.arch, "image_shape": list(image_shape), "num_classes": num_classes}
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network: its architecture's sizes and the data's shape.
+    Checkpoints store it as the plain dict `to_dict` gives; `from_dict` reads it back, checked."""
+    arch: str  # "mlp" or "cnn"
+    image_shape: tuple[int, int]
+    num_classes: int
+    hidden: tuple[int, ...] = ()  # mlp: hidden widths
+    channels: tuple[int, ...] = ()  # cnn: channels per conv block
+    fc: int = 0  # cnn: width of the dense layer
+    dropout: float = 0.0  # cnn
+
+    def to_dict(self) -> dict[str, Any]:
+        common = {"arch": self.arch, "image_shape": list(self.image_shape), "num_classes": self.num_classes}
+        if self.arch == "mlp":
+            return {**common, "hidden": list(self.hidden)}
+        return {**common, "channels": list(self.channels), "fc": self.fc, "dropout": self.dropout}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ModelSpec:
+        """The spec a dict describes; ValueError unless it names a known architecture with
+        well-formed sizes. How large the sizes are is not judged here: a checkpoint's are
+        checked against its weights' shapes."""
+        keys = _check_keys(raw)
+        _sizes(raw, "image_shape", 2)
+        _sizes(raw, keys[0])
+        for key in ["num_classes", *keys[1:2]]:
+            if not _positive(raw[key]):
+                raise ValueError(f"spec {key} must be a positive integer, not {raw[key]!r}")
+        dropout = raw.get("dropout", 0.0)
+        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+            raise ValueError(f"spec dropout must be a number in [0, 1), not {dropout!r}")
+        sizes = {key: tuple(raw[key]) if key in ("hidden", "channels") else raw[key] for key in keys}
+        return cls(raw["arch"], tuple(raw["image_shape"]), raw["num_classes"], **sizes)
+
+
+def model_spec(config: ModelConfig, image_shape: tuple[int, int], num_classes: int) -> ModelSpec:
+    """The spec of params' model for images of `image_shape` and `num_classes` classes."""
     if config.arch == "mlp":
-        spec["hidden"] = list(config.hidden)
-    else:
-        spec.update(channels=list(config.cnn.channels), fc=config.cnn.fc, dropout=config.cnn.dropout)
-    return spec
+        return ModelSpec("mlp", tuple(image_shape), num_classes, hidden=tuple(config.hidden))
+    return ModelSpec("cnn", tuple(image_shape), num_classes, channels=tuple(config.cnn.channels),
+                     fc=config.cnn.fc, dropout=config.cnn.dropout)
 
 
 # Far deeper than any useful network here: bounds the work of building a spec read from a file.
@@ -58,9 +93,22 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _sizes(spec: dict[str, Any], key: str, count: int | None = None) -> None:
-    """ValueError unless spec[key] is a list of positive integers (`count` of them, if given)."""
-    values = spec[key]
+def _check_keys(raw: Any) -> list[str]:
+    """The architecture's own keys, once `raw` is a mapping with every key the architecture needs."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"the spec is a {type(raw).__name__}, not a mapping")
+    keys = {"mlp": ["hidden"], "cnn": ["channels", "fc", "dropout"]}.get(raw.get("arch"))
+    if keys is None:
+        raise ValueError(f"unknown architecture {raw.get('arch')!r}")
+    missing = [k for k in ["image_shape", "num_classes", *keys] if k not in raw]
+    if missing:
+        raise ValueError(f"the spec lacks {', '.join(missing)}")
+    return keys
+
+
+def _sizes(raw: dict[str, Any], key: str, count: int | None = None) -> None:
+    """ValueError unless raw[key] is a list of positive integers (`count` of them, if given)."""
+    values = raw[key]
     if not isinstance(values, (list, tuple)) or (count is not None and len(values) != count):
         raise ValueError(f"spec {key} must be a list of {count or 'some'} sizes, not {values!r}")
     if len(values) > MAX_LAYERS:
@@ -69,47 +117,25 @@ def _sizes(spec: dict[str, Any], key: str, count: int | None = None) -> None:
         raise ValueError(f"spec {key} must hold positive integers, not {values!r}")
 
 
-def check_spec(spec: Any) -> None:
-    """ValueError unless `spec` names a known architecture with well-formed sizes. How large the
-    sizes are is not judged here: a checkpoint's are checked against its weights' shapes."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"the spec is a {type(spec).__name__}, not a mapping")
-    keys = {"mlp": ["hidden"], "cnn": ["channels", "fc", "dropout"]}.get(spec.get("arch"))
-    if keys is None:
-        raise ValueError(f"unknown architecture {spec.get('arch')!r}")
-    missing = [k for k in ["image_shape", "num_classes", *keys] if k not in spec]
-    if missing:
-        raise ValueError(f"the spec lacks {', '.join(missing)}")
-    _sizes(spec, "image_shape", 2)
-    _sizes(spec, keys[0])
-    for key in ["num_classes", *keys[1:2]]:
-        if not _positive(spec[key]):
-            raise ValueError(f"spec {key} must be a positive integer, not {spec[key]!r}")
-    dropout = spec.get("dropout", 0)
-    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
-        raise ValueError(f"spec dropout must be a number in [0, 1), not {dropout!r}")
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """The network a spec describes (ValueError if it is malformed). Build it under
-    `torch.device("meta")` to learn its shapes without allocating anything."""
-    check_spec(spec)
-    h, w = spec["image_shape"]
-    if spec["arch"] == "mlp":
-        return MLP(h * w, spec["hidden"], spec["num_classes"])
-    return CNN((h, w), spec["channels"], spec["fc"], spec["dropout"], spec["num_classes"])
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The network a spec describes. Build it under `torch.device("meta")` to learn its
+    shapes without allocating anything."""
+    h, w = spec.image_shape
+    if spec.arch == "mlp":
+        return MLP(h * w, list(spec.hidden), spec.num_classes)
+    return CNN((h, w), list(spec.channels), spec.fc, spec.dropout, spec.num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(spec: dict[str, Any]) -> str:
+def describe(spec: ModelSpec) -> str:
     """A short human name, e.g. 'MLP 784-128-64-10'."""
-    h, w = spec["image_shape"]
-    if spec["arch"] == "mlp":
-        return "MLP " + "-".join(str(n) for n in [h * w, *spec["hidden"], spec["num_classes"]])
-    return f"CNN {'-'.join(map(str, spec['channels']))} fc{spec['fc']}"
+    h, w = spec.image_shape
+    if spec.arch == "mlp":
+        return "MLP " + "-".join(str(n) for n in [h * w, *spec.hidden, spec.num_classes])
+    return f"CNN {'-'.join(map(str, spec.channels))} fc{spec.fc}"
 
 
 def layer_table(model: nn.Module, image_shape: tuple[int, int]) -> list[tuple[str, str, int]]:

@@ -26,7 +26,7 @@ from scipy import ndimage
 from skimage import filters, measure, morphology
 
 from .calibration import probabilities
-from .checkpoint import load_model, temperature_of
+from .checkpoint import load_model
 from .data.prepared import normalize
 from .errors import UserError
 
@@ -352,9 +352,9 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
     {path, digit: None, reason} for a picture with no digit on it; or {path, error}."""
     if top < 1:
         raise UserError(f"--top must be at least 1 (got {top})")
-    model, ckpt = load_model(model_path)
-    if list(ckpt["spec"]["image_shape"]) != [FRAME, FRAME]:
-        raise UserError(f"{model_path}: the model takes {ckpt['spec']['image_shape']} images; "
+    model, info = load_model(model_path)
+    if info.spec.image_shape != (FRAME, FRAME):
+        raise UserError(f"{model_path}: the model takes {list(info.spec.image_shape)} images; "
                         f"predict makes MNIST-style {FRAME}x{FRAME} ones")
     results, images = [], []
     for path, unusable in image_files(paths):
@@ -371,10 +371,9 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
         except Exception as exc:  # a bug on one odd image must not cost the other files their digits
             results.append({"path": name, "error": f"could not read a digit: {type(exc).__name__}: {exc}"})
     if images:
-        norm = ckpt["normalization"]
         with torch.inference_mode():
-            logits = model(normalize(torch.stack(images), norm["mean"], norm["std"]))
-            probs = probabilities(logits, temperature_of(ckpt))
+            logits = model(normalize(torch.stack(images), info.mean, info.std))
+            probs = probabilities(logits, info.temperature)
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
         read = (r for r in results if set(r) == {"path"})
         for result, v, d in zip(read, values.tolist(), digits.tolist()):

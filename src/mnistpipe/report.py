@@ -8,6 +8,7 @@ Agg renderer for PNG by itself, so nothing here imports pyplot or sets a global 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data.prepared import Split
-from .models import describe
+from .evaluate import SeedAccuracies
+from .models import ModelSpec, describe
 
 # Legends go beside the axes, never over bars or lines, whatever the data.
 OUTSIDE_RIGHT = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
@@ -175,77 +177,94 @@ def wrong_figure(test: Split, wrong: list[dict[str, str]]) -> Figure:
 
 # ---------------------------------------------------------------- the page
 
-def _summary(ctx: dict[str, Any]) -> list[str]:
-    sizes = ctx["sizes"]
+@dataclass(frozen=True)
+class PageFacts:
+    """What the report page shows, gathered from the pipeline's files by the report stage."""
+    spec: ModelSpec
+    evaluation: dict[str, Any]  # metrics/eval.json, as the evaluate stage wrote it
+    training: dict[str, Any]  # metrics/train.json
+    seeds: SeedAccuracies  # metrics/seeds.json
+    per_class: list[dict[str, str]]  # plots/per_class.csv's rows
+    sizes: dict[str, int]  # images per split
+    counts: dict[str, list[int]]  # images per class, per split
+    n_wrong: int  # confidently wrong test digits shown
+    parameters: int
+    layers: list[tuple[str, str, int]]  # models.layer_table
+    mean: float  # normalization constants
+    std: float
+
+
+def _summary(page: PageFacts) -> list[str]:
+    sizes = page.sizes
     return ["# mnistpipe report", "",
-            f"Model **{describe(ctx['spec'])}**, trained {ctx['train']['epochs']} epochs on {sizes['train']:,} images "
+            f"Model **{describe(page.spec)}**, trained {page.training['epochs']} epochs on {sizes['train']:,} images "
             f"(validation {sizes['val']:,}), evaluated on {sizes['test']:,} test images.", ""]
 
 
-def _results(ctx: dict[str, Any]) -> list[str]:
-    ev, tr = ctx["eval"], ctx["train"]
+def _results(page: PageFacts) -> list[str]:
+    ev, tr = page.evaluation, page.training
     return ["## Results", "", "| metric | value |", "|---|---|",
             f"| test accuracy | {ev['accuracy']:.4f} (95% interval {ev['accuracy_ci95_low']:.4f}–"
             f"{ev['accuracy_ci95_high']:.4f}) |",
             f"| test loss | {ev['loss']:.4f} |",
             f"| test macro F1 | {ev['macro_f1']:.4f} |",
-            f"| test errors | {ev['errors']} of {ctx['sizes']['test']:,} |",
+            f"| test errors | {ev['errors']} of {page.sizes['test']:,} |",
             f"| final validation accuracy | {tr['val_acc']:.4f} |",
             f"| final training accuracy | {tr['train_acc']:.4f} |", ""]
 
 
-def _seeds(ctx: dict[str, Any]) -> list[str]:
-    seeds = ctx.get("seeds") or {}
-    if seeds.get("n", 0) <= 1:
+def _seeds(page: PageFacts) -> list[str]:
+    seeds = page.seeds.to_json()
+    if seeds["n"] <= 1:
         return []
     per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in seeds["test_acc"].items())
     return [f"Over {seeds['n']} training seeds, test accuracy is **{seeds['test_acc_mean']:.4f} "
             f"± {seeds['test_acc_std']:.4f}** (mean ± sample std; {per_seed}).", ""]
 
 
-def _per_class(ctx: dict[str, Any]) -> list[str]:
+def _per_class(page: PageFacts) -> list[str]:
     lines = ["## Training curves", "", "![training curves](figures/curves.png)", "",
              "## Per class", "", "![accuracy per class](figures/per_class.png)", "",
              "![confusion matrix](figures/confusion.png)", "",
              "| class | precision | recall | F1 |", "|---|---|---|---|"]
     lines += [f"| {m['class']} | {float(m['precision']):.4f} | {float(m['recall']):.4f} | {float(m['f1']):.4f} |"
-              for m in ctx["per_class"]]
+              for m in page.per_class]
     return lines + [""]
 
 
-def _calibration(ctx: dict[str, Any]) -> list[str]:
-    ev = ctx["eval"]
+def _calibration(page: PageFacts) -> list[str]:
+    ev = page.evaluation
     return ["## Calibration", "",
-            f"Probabilities are temperature-scaled (T = {ctx['train']['temperature']:.3f}, fitted on the validation "
+            f"Probabilities are temperature-scaled (T = {page.training['temperature']:.3f}, fitted on the validation "
             f"split): expected calibration error on the test set {ev['ece_raw']:.2%} before, "
             f"{ev['ece']:.2%} after (15 bins).", "", "![reliability diagram](figures/reliability.png)", ""]
 
 
-def _wrong(ctx: dict[str, Any]) -> list[str]:
-    shown = "![confidently wrong](figures/wrong.png)" if ctx["n_wrong"] else "No test digit was misclassified."
+def _wrong(page: PageFacts) -> list[str]:
+    shown = "![confidently wrong](figures/wrong.png)" if page.n_wrong else "No test digit was misclassified."
     return ["## Most confidently wrong test digits", "", shown, ""]
 
 
-def _model(ctx: dict[str, Any]) -> list[str]:
-    lines = ["## Model", "", f"{describe(ctx['spec'])}: **{ctx['parameters']:,} trainable parameters**.", "",
+def _model(page: PageFacts) -> list[str]:
+    lines = ["## Model", "", f"{describe(page.spec)}: **{page.parameters:,} trainable parameters**.", "",
              "| layer | output shape | parameters |", "|---|---|---|"]
-    lines += [f"| {name} | {shape} | {n:,} |" for name, shape, n in ctx["layers"]]
+    lines += [f"| {name} | {shape} | {n:,} |" for name, shape, n in page.layers]
     return lines + [""]
 
 
-def _data(ctx: dict[str, Any]) -> list[str]:
-    counts = ctx["counts"]
+def _data(page: PageFacts) -> list[str]:
+    counts = page.counts
     lines = ["## Data", "", "![sample digits](figures/samples.png)", "",
              "![class counts](figures/class_counts.png)", "",
              "| class | " + " | ".join(counts) + " |", "|---" * (len(counts) + 1) + "|"]
     for c in range(len(next(iter(counts.values())))):
         lines.append(f"| {c} | " + " | ".join(f"{v[c]:,}" for v in counts.values()) + " |")
-    return lines + ["", f"Normalization: mean {ctx['mean']:.4f}, std {ctx['std']:.4f}.", ""]
+    return lines + ["", f"Normalization: mean {page.mean:.4f}, std {page.std:.4f}.", ""]
 
 
 SECTIONS = (_summary, _results, _seeds, _per_class, _calibration, _wrong, _model, _data)
 
 
-def markdown(ctx: dict[str, Any]) -> str:
-    """The report page; `ctx` holds numbers and tables gathered by the report stage."""
-    return "\n".join(line for section in SECTIONS for line in section(ctx))
+def markdown(page: PageFacts) -> str:
+    """The report page."""
+    return "\n".join(line for section in SECTIONS for line in section(page))

@@ -37,7 +37,7 @@ from .device import synchronize
 from .distributed import gather, is_main, rank_and_world, rank_seed, shard
 from .errors import UserError
 from .evaluate import loss_and_accuracy, predict_logits
-from .models import build_model
+from .models import ModelSpec, build_model
 from .params import AugmentConfig, Params, TrainConfig, as_dict
 
 RESUME_FORMAT = "mnistpipe-resume/1"
@@ -159,9 +159,9 @@ def data_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(params: Params, spec: dict[str, Any], data_sha: str, device: torch.device) -> str:
+def run_fingerprint(params: Params, spec: ModelSpec, data_sha: str, device: torch.device) -> str:
     """Identity of a training run: everything that changes its result (`data_sha`: data_digest)."""
-    config = {"seed": params.seed, "numerics": params.numerics, "train": as_dict(params.train), "spec": spec,
+    config = {"seed": params.seed, "numerics": params.numerics, "train": as_dict(params.train), "spec": spec.to_dict(),
               "device": device.type, "data": data_sha}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -228,12 +228,12 @@ def load_resume(resume: Resume, log: Callable[[str], None]) -> dict[str, Any] | 
     return ckpt
 
 
-def build_trainer(params: Params, spec: dict[str, Any], n_train: int, device: torch.device) -> Trainer:
+def build_trainer(params: Params, spec: ModelSpec, n_train: int, device: torch.device) -> Trainer:
     """The model (initialized from params.seed), its optimizer and schedule, and the
     generator of batch order and augmentation (also from params.seed)."""
     torch.manual_seed(params.seed)
     model = build_model(spec).to(device)
-    if spec["arch"] == "cnn" and (device.type != "cpu" or torch.backends.mkldnn.enabled):
+    if spec.arch == "cnn" and (device.type != "cpu" or torch.backends.mkldnn.enabled):
         # NHWC suits cuDNN and oneDNN; without oneDNN (portable numerics) ATen's NHWC
         # convolution took 4.6x as long as NCHW.
         model = model.to(memory_format=torch.channels_last)
@@ -257,7 +257,7 @@ def _check_processes(expected: int) -> int:
     return world
 
 
-def run_training(params: Params, spec: dict[str, Any], meta: Meta, train: Split, val: Split,
+def run_training(params: Params, spec: ModelSpec, meta: Meta, train: Split, val: Split,
                  device: torch.device, resume: Resume | None = None,
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
     """Train `spec` on `train`, validating on `val` after every epoch; with `resume`,

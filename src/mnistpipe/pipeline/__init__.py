@@ -1,7 +1,8 @@
-"""What each numerics-sensitive DVC stage does, as a function of its params.
+"""What each DVC stage does, as a function of its params: `mnistpipe.pipeline.<name>.run(params)`.
 
-`stages/<name>.py` calls `load_and_pin()` (before torch loads) and then
-`mnistpipe.pipeline.<name>.run(params)`; tests call the same functions in-process.
+`stages/<name>.py` reads the params (train and evaluate with `load_and_pin()`, before torch
+loads) and calls it; tests call the same functions in-process. fetch and validate are one
+call each (`data.fetch.fetch_dataset`, `params.load_params`) and have no module here.
 """
 
 from __future__ import annotations

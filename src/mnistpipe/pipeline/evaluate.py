@@ -13,7 +13,7 @@ import torch
 from .. import paths
 from ..atomic import write_csv, write_json
 from ..calibration import expected_calibration_error, probabilities, reliability_table
-from ..checkpoint import load_model, temperature_of
+from ..checkpoint import load_model
 from ..data.prepared import load_split
 from ..device import choose_device, device_name, synchronize
 from ..evaluate import SeedAccuracies, classification_metrics, loss_and_accuracy, split_logits
@@ -23,9 +23,8 @@ from ..params import Params
 
 def test_logits(path: Path, test, device, batch_size: int) -> tuple[torch.Tensor, float]:
     """The model's test logits and its calibration temperature."""
-    model, ckpt = load_model(path)
-    norm = ckpt["normalization"]
-    return split_logits(model, test, norm["mean"], norm["std"], device, batch_size), temperature_of(ckpt)
+    model, info = load_model(path)
+    return split_logits(model, test, info.mean, info.std, device, batch_size), info.temperature
 
 
 def seed_accuracies(main_seed: int, main_accuracy: float, test, device, batch_size: int) -> SeedAccuracies:

@@ -13,7 +13,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,7 +25,7 @@ from ..device import choose_device, device_name, make_deterministic, peak_rss_mb
 from ..distributed import close_distributed, init_distributed, is_main, rank_and_world
 from ..errors import UserError
 from ..machine import machine_facts, share_of_cores
-from ..models import count_parameters, model_spec
+from ..models import ModelSpec, count_parameters, model_spec
 from ..numerics import BUDGET_ENV
 from ..params import Params
 from ..train import Resume, data_digest, run_fingerprint, run_training
@@ -54,7 +53,7 @@ class Prepared:
     meta: Meta
     train: Split
     val: Split
-    spec: dict[str, Any]
+    spec: ModelSpec
     data_sha: str
 
 
