@@ -56,16 +56,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys -> CSV with a header line (the format dvc plots reads)."""
+    header = list(rows[0]) if rows else []
+    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
+    return "\n".join(lines) + "\n"
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
+def torch_bytes(obj: Any) -> bytes:
     """torch.save, byte-stable: saved to a file, torch names the archive's records after the
     file (here a random temp name); saved to a buffer, they are always archive/..."""
     import io
@@ -74,12 +76,69 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json_text(data))
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes(path, torch_bytes(obj))
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Rows of equal keys -> CSV with a header line (the format dvc plots reads)."""
-    header = list(rows[0]) if rows else []
-    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, csv_text(rows))
+
+
+class OutputSet:
+    """A stage's output files, replaced together: see `output_set`."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def write_bytes(self, path: str | os.PathLike, data: bytes) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(path)
+        tmp = _temp_name(path)
+        self.pending.append((tmp, path))
+        with open(tmp, "xb") as f:  # the umask applies, as usual
+            f.write(data)
+
+    def write_text(self, path: str | os.PathLike, text: str) -> None:
+        self.write_bytes(path, text.encode())
+
+    def write_json(self, path: str | os.PathLike, data: Any) -> None:
+        self.write_text(path, json_text(data))
+
+    def write_csv(self, path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+        self.write_text(path, csv_text(rows))
+
+    def save_torch(self, path: str | os.PathLike, obj: Any) -> None:
+        self.write_bytes(path, torch_bytes(obj))
+
+
+@contextlib.contextmanager
+def output_set() -> Iterator[OutputSet]:
+    """Write a stage's outputs as one set. Each write goes whole to a temporary file beside its
+    target, where a full disk shows; only when the block ends without error are they all moved
+    into place, by renames, which take no space. A failure anywhere leaves every previous
+    file as it was."""
+    outputs = OutputSet()
+    try:
+        yield outputs
+        for tmp, path in outputs.pending:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in outputs.pending:
+            tmp.unlink(missing_ok=True)
