@@ -345,7 +345,7 @@ def record(info: dict, result: dict) -> None:
         "as wrong. The set depends on the fonts installed: compare rows with the same sha256."))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", type=Path,
                         help="checkpoint to evaluate; repeat for several (default: models/model.pt)")
@@ -370,11 +370,17 @@ def main() -> None:
         if not model.is_file():
             parser.error(f"{model}: no such checkpoint")
     args.out = check_out(parser, args.out)
-
-    start = time.perf_counter()
-    faces, skipped = font_faces(system=not args.no_system_fonts)
-    if args.n_font and not faces:
+    args.models = models
+    args.faces, args.skipped = font_faces(system=not args.no_system_fonts)
+    if args.n_font and not args.faces:
         parser.error("no usable fonts found")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    faces, skipped, models = args.faces, args.skipped, args.models
     mnist = None
     if args.n_mnist:
         from mnistpipe.data.idx import load_images, load_labels
@@ -396,19 +402,24 @@ def main() -> None:
     if args.json:
         print(json.dumps({"set": info, "results": results}, indent=2))
     else:
-        print(f"non-MNIST set: {args.n_font} font-rendered digits from {len(faces)} faces and {args.n_mnist} "
-              f"MNIST test digits photographed; seed {args.seed}; sha256 {info['sha256'][:16]}; "
-              f"generated in {info['generation_s']} s{' into ' + info['out'] if info['out'] else ''}")
-        families = len({f.family for f in faces})
-        print(f"fonts: {len(faces)} faces of {families} families; {len(skipped)} files skipped:")
-        for why in sorted({why for _, why in skipped}):
-            print(f"  {why}: {', '.join(Path(p).name for p, w in skipped if w == why)}")
-        for result in results:
-            print(report(result))
+        print_text(args, info, results)
     if args.record:
         for result in results:
             record(info, result)
         print("recorded in benchmarks/RESULTS.md", file=sys.stderr)
+
+
+def print_text(args: argparse.Namespace, info: dict, results: list[dict]) -> None:
+    faces, skipped = args.faces, args.skipped
+    print(f"non-MNIST set: {args.n_font} font-rendered digits from {len(faces)} faces and {args.n_mnist} "
+          f"MNIST test digits photographed; seed {args.seed}; sha256 {info['sha256'][:16]}; "
+          f"generated in {info['generation_s']} s{' into ' + info['out'] if info['out'] else ''}")
+    families = len({f.family for f in faces})
+    print(f"fonts: {len(faces)} faces of {families} families; {len(skipped)} files skipped:")
+    for why in sorted({why for _, why in skipped}):
+        print(f"  {why}: {', '.join(Path(p).name for p, w in skipped if w == why)}")
+    for result in results:
+        print(report(result))
 
 
 if __name__ == "__main__":

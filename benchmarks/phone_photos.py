@@ -171,10 +171,17 @@ def photograph(digit: int | None, rng: np.random.Generator) -> tuple[Image.Image
     height, width = (long * 3 // 4, long) if rng.random() < 0.5 else (long, long * 3 // 4)
     scene = table(height, width, rng)
     dark_table = scene.mean() < 120
-
-    # The sheet, drawn flat (paper + ink), then put on the table through a perspective warp.
     short = rng.uniform(0.65, 1.25) * min(height, width)
-    sw, sh = round(short), round(short * 1.414)
+    sheet_image, ink_kind = sheet(digit, round(short), round(short * 1.414), rng)
+    scene = on_table(scene, sheet_image, rng)
+    photo, shadow = camera(scene, rng)
+    conditions = {"table": "dark" if dark_table else "light", "ink": ink_kind if digit is not None else "",
+                  "shadow": "shadow" if shadow else "no shadow"}
+    return photo, conditions
+
+
+def sheet(digit: int | None, sw: int, sh: int, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """The sheet, flat: paper with the digit in ink, pen or pencil; and which ink."""
     paper = rng.uniform(215, 250) * (1 + rng.uniform(-0.03, 0.03, 3))
     coverage = np.zeros((sh, sw), dtype=np.float32)
     ink_kind = ["dark", "blue", "pencil"][rng.integers(3)]
@@ -196,8 +203,12 @@ def photograph(digit: int | None, rng: np.random.Generator) -> tuple[Image.Image
                   "blue": lambda: np.array([rng.uniform(15, 60), rng.uniform(25, 80), rng.uniform(110, 190)]),
                   "pencil": lambda: np.full(3, rng.uniform(80, 140))}[ink_kind]()
     sheet = paper * (1 - coverage[..., None]) + pen_colour * coverage[..., None]
-    sheet_image = Image.fromarray(sheet.clip(0, 255).round().astype(np.uint8), "RGB")
+    return Image.fromarray(sheet.clip(0, 255).round().astype(np.uint8), "RGB"), ink_kind
 
+
+def on_table(scene: np.ndarray, sheet_image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """The sheet laid on the table: turned, shifted and seen in perspective."""
+    (height, width), (sw, sh) = scene.shape[:2], sheet_image.size
     angle = np.deg2rad(rng.uniform(-12, 12))
     centre = np.array([width / 2, height / 2]) * (1 + rng.uniform(-0.08, 0.08, 2))
     corners = np.array([[-sw / 2, -sh / 2], [sw / 2, -sh / 2], [sw / 2, sh / 2], [-sw / 2, sh / 2]])
@@ -210,19 +221,20 @@ def photograph(digit: int | None, rng: np.random.Generator) -> tuple[Image.Image
     mask = Image.new("L", (sw, sh), 255).transform((width, height), Image.Transform.PERSPECTIVE, tuple(coeffs),
                                                    Image.Resampling.BILINEAR)
     alpha = np.asarray(mask, dtype=np.float64)[..., None] / 255
-    scene = scene * (1 - alpha) + np.asarray(warped, dtype=np.float64) * alpha
+    return scene * (1 - alpha) + np.asarray(warped, dtype=np.float64) * alpha
 
+
+def camera(scene: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, bool]:
+    """The photo: uneven light (and maybe a shadow), blur and sensor noise; whether a shadow fell."""
+    height, width = scene.shape[:2]
     field, shadow = light(height, width, rng)
-    scene *= field[..., None]
+    scene = scene * field[..., None]
     sigma = rng.uniform(0, 2)
     photo = Image.fromarray(scene.clip(0, 255).round().astype(np.uint8), "RGB")
     if sigma > 0.3:
         photo = photo.filter(ImageFilter.GaussianBlur(sigma))
     noisy = np.asarray(photo, dtype=np.float64) + rng.normal(0, rng.uniform(2, 8), (height, width, 3))
-    photo = Image.fromarray(noisy.clip(0, 255).round().astype(np.uint8), "RGB")
-    conditions = {"table": "dark" if dark_table else "light", "ink": ink_kind if digit is not None else "",
-                  "shadow": "shadow" if shadow else "no shadow"}
-    return photo, conditions
+    return Image.fromarray(noisy.clip(0, 255).round().astype(np.uint8), "RGB"), shadow
 
 
 # ---------------------------------------------------------------- the set
@@ -341,10 +353,8 @@ def figure(out: Path, rows: list[dict], path: Path, count: int = 3) -> None:
     canvas.save(path, optimize=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     from mnistpipe import paths
-
-    from non_mnist import model_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", type=Path,
@@ -360,21 +370,27 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="also write a PNG: three photos and a blank sheet, each "
                         "above the 28x28 image predict makes of it")
     args = parser.parse_args()
-    models = args.model or [REPO / paths.MODEL]
+    args.models = args.model or [REPO / paths.MODEL]
     if args.n % 10 or args.n < 0 or args.blank < 0:
         parser.error("--n must be a non-negative multiple of 10 (the set is balanced), --blank non-negative")
-    for model in models:
+    for model in args.models:
         if not model.is_file():
             parser.error(f"{model}: no such checkpoint")
     args.out = check_out(parser, args.out)
+    return args
 
+
+def main() -> None:
+    from non_mnist import model_name
+
+    args = parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         rows = generate(out, args.seed, args.n, args.blank)
         info = {"seed": args.seed, "n": args.n, "blank": args.blank, "sha256": set_sha256(out, rows),
                 "generation_s": round(time.perf_counter() - start, 1)}
-        results = [evaluate(out, rows, model) | {"name": model_name(model)} for model in models]
+        results = [evaluate(out, rows, model) | {"name": model_name(model)} for model in args.models]
         if args.figure:
             figure(out, rows, args.figure)
     if args.json:

@@ -54,18 +54,23 @@ def raw_dir() -> Path:
     sys.exit("no data: run `dvc repro fetch` or set MNISTPIPE_MIRROR to a directory")
 
 
-def worker_tutorial(params, device, epochs: int) -> dict:
-    """The tutorial: torchvision MNIST, ToTensor + Normalize per sample, DataLoader(shuffle)."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
-    # torchvision wants <root>/MNIST/raw/<uncompressed files>; its MD5s pin other gzip
-    # wrappers than our mirror's, so give it the decompressed (checksum-verified) files.
+def torchvision_root(params) -> Path:
+    """A temporary directory laid out as torchvision wants it: <root>/MNIST/raw/<uncompressed
+    files>. Its MD5s pin other gzip wrappers than our mirror's, hence the decompressed files."""
     root = Path(tempfile.mkdtemp())
     (root / "MNIST/raw").mkdir(parents=True)
     for spec in params.data.files.values():
         data = gzip.decompress((raw_dir() / spec.name).read_bytes())
         (root / "MNIST/raw" / spec.name.removesuffix(".gz")).write_bytes(data)
+    return root
+
+
+def worker_tutorial(params, device, epochs: int) -> dict:
+    """The tutorial: torchvision MNIST, ToTensor + Normalize per sample, DataLoader(shuffle)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    root = torchvision_root(params)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
     test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
@@ -79,14 +84,13 @@ def worker_tutorial(params, device, epochs: int) -> dict:
     for _ in range(epochs):
         t0 = time.perf_counter()
         model.train()
-        running = 0.0
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = criterion(model(images), labels)
             loss.backward()
             optimizer.step()
-            running += loss.item()
+            loss.item()  # the tutorial's running loss: one host sync per step
         synchronize(device)
         times.append(time.perf_counter() - t0)
     model.eval()
