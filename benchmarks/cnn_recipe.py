@@ -32,7 +32,7 @@ from mnistpipe.data.prepared import Split, load_meta, load_split
 from mnistpipe.device import choose_device, make_deterministic
 from mnistpipe.evaluate import loss_and_accuracy, split_logits
 from mnistpipe.models import model_spec
-from mnistpipe.params import parse_params
+from mnistpipe.params import Params, load_params, with_overrides
 from mnistpipe.train import run_training
 
 import results  # benchmarks/results.py
@@ -50,23 +50,16 @@ OLD = {
 }
 
 
-def recipe_params(overrides: dict) -> dict:
-    """params.yaml with `overrides` ({"train.lr": 0.01, ...}) applied: raw, before validation."""
-    raw = yaml.safe_load((ROOT / paths.PARAMS).read_text())
-    for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    return raw
+def recipe_params(overrides: dict) -> Params:
+    """params.yaml with the recipe's `overrides` ({"train.lr": 0.01, ...}), validated."""
+    return with_overrides(load_params(ROOT / paths.PARAMS), overrides)
 
 
 def worker(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     """Train one seed in this process (results.run_worker pinned its numerics); its time and test accuracy.
     profile > 0: one epoch on that many training images under torch.profiler instead,
     printing where the time went (to stderr)."""
-    params = parse_params(recipe_params({**overrides, "seed": seed}))
+    params = recipe_params({**overrides, "seed": seed})
     device = choose_device(params.train.device)
     make_deterministic(device, params.train.tf32)
     prepared = ROOT / paths.PREPARED
@@ -96,7 +89,7 @@ def profile_epoch(params, spec, meta, train, val, device) -> None:
 def run(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     """`worker` in a process of its own (its numerics pinned before torch loads); the profile
     goes to this process's stderr, a training run's epoch lines do not."""
-    return results.run_worker(__file__, recipe_params(overrides)["numerics"], show_stderr=bool(profile),
+    return results.run_worker(__file__, recipe_params(overrides).numerics, show_stderr=bool(profile),
                               overrides=overrides, seed=seed, profile=profile)
 
 
@@ -143,7 +136,7 @@ def record(recipe: dict, runs: list[dict], median_s: float, spread: str, low: fl
               "test accuracy mean ± std (min) | old recipe |\n|---|---|---|---|---|---|---|---|---|\n")
     epoch_s = statistics.median(s for r in runs for s in r["epoch_s"])
     changes = ", ".join(f"{k}={v}" for k, v in recipe.items())
-    row = (f"| {datetime.date.today()} | {results.machine()} | {recipe_params(recipe)['numerics']}, "
+    row = (f"| {datetime.date.today()} | {results.machine()} | {recipe_params(recipe).numerics}, "
            f"{runs[0]['threads']} | {changes} | {len(runs)} | {median_s:.1f} | {epoch_s:.1f} | "
            f"{spread} ({low:.4f}) | {old_line or '-'} |\n")
     results.add_row("cnn_recipe rows", header, row, "## CNN recipe (`python benchmarks/cnn_recipe.py`)")

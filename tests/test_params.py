@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnistpipe.errors import UserError
-from mnistpipe.params import Params, as_dict, load_params, parse_params
+from mnistpipe.params import Params, as_dict, load_params, parse_params, with_overrides
 
 from conftest import REPO, repo_params_raw, tiny_params_raw
 
@@ -563,3 +563,14 @@ def test_any_value_gives_a_short_user_error_or_params(where, value):
         message = str(exc)
         assert "\n" not in message and len(message) < 400, message
         assert message.startswith(f"params.yaml: {where[0]}"), message
+
+
+def test_overrides_set_dotted_keys_and_validate_again():
+    params = parse_params(repo_params_raw())
+    changed = with_overrides(params, {"train.lr": 0.01, "model.cnn.fc": 64, "seed": 7})
+    assert (changed.train.lr, changed.model.cnn.fc, changed.seed) == (0.01, 64, 7)
+    assert changed.train.epochs == params.train.epochs and params.train.lr != 0.01  # the original is untouched
+    with pytest.raises(UserError, match="train.lrr: no such key"):
+        with_overrides(params, {"train.lrr": 0.01})
+    with pytest.raises(UserError, match="train.epochs"):
+        with_overrides(params, {"train.epochs": 0})

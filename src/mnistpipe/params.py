@@ -348,6 +348,21 @@ def as_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    """`params` with dotted keys set, e.g. {"train.lr": 0.01}, and validated again: what
+    `dvc exp run -S train.lr=0.01` does to params.yaml."""
+    raw = as_dict(params)
+    for dotted, value in overrides.items():
+        *sections, key = dotted.split(".")
+        node = raw
+        for name in sections:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            raise UserError(f"{dotted}: no such key in params.yaml")
+        node[key] = value
+    return parse_params(raw, source="params.yaml with overrides")
+
+
 # The engine: a dataclass's type hints say what each key holds; its validate() holds the rules
 # types can't say. Not pydantic: keeping these messages would need a translation table as long.
 
