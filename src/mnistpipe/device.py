@@ -47,9 +47,8 @@ def make_deterministic(device: torch.device, tf32: bool = False) -> Callable[[],
         # training, where x86 arithmetic slows down many times over; flush them to zero.
         torch.set_flush_denormal(True)
     torch.use_deterministic_algorithms(True, warn_only=False)
-    # That call also fills every new tensor with NaN, a debugging aid against reads of
-    # uninitialized memory: 5% of a CNN training step here, and no result changes
-    # (tests/test_train.py trains with it on and off).
+    # That call also fills every new tensor with NaN, a debugging aid that costs time and
+    # changes no result (tests/test_train.py trains with it on and off).
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
