@@ -4,23 +4,34 @@ nothing (not even a temporary file) behind."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
+import multiprocessing
+import os
+import resource
+import shutil
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+import traceback
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mnistpipe.data.fetch import MIRROR_ENV, fetch_dataset, fetch_file, file_url, mirror_list
+from mnistpipe.data.fetch import CHUNK, MIRROR_ENV, fetch_dataset, fetch_file, file_url, mirror_list
 from mnistpipe.errors import UserError
 from mnistpipe.params import DataFile, parse_params
 
-from conftest import FILES, tiny_params_raw, write_synthetic_mirror
+from conftest import FILES, REPO, tiny_params_raw, write_synthetic_mirror
 
 TIMEOUT = 0.5  # seconds; every stall below lasts longer than this
 STALL_S = 10.0  # upper bound; teardown releases stalled handlers at once
@@ -499,3 +510,276 @@ def test_no_unverified_file_survives_a_failed_fetch(synthetic_mirror, tmp_path, 
     with pytest.raises(UserError):
         fetch_dataset(make_config(checksums, [refused_url]), dest, progress=False)
     assert sorted(p.name for p in dest.iterdir()) == [good]
+
+
+# --- hostile mirrors: every fetch ends, soon, with bounded disk and memory ---------------------
+#
+# Each fetch runs in a forked child that the test kills if it outlasts HANG_S: on code without
+# the bounds a /dev/zero mirror would otherwise fill the disk until pytest ends.
+
+DEADLINE = 1.0  # data.timeout_s in these tests (30 in params.yaml)
+HANG_S = 6.0
+PEAK_GROWTH = 32 << 20  # how much one fetch may raise the child's peak RSS
+LABELS = 600  # items in the synthetic training labels file
+
+BombPieces = tuple[bytes, bytes, bytes]
+
+
+def bomb_pieces(idx_header: bytes) -> BombPieces:
+    """gzip's start, with `idx_header` as the first content; a deflate block of 1 MiB of zeros, which
+    may repeat (a full flush makes it stand alone); and an empty final block. No trailer: fetch must
+    stop long before it."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = deflate.compress(idx_header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    zeros = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + start, zeros, deflate.flush()
+
+
+LABELS_BOMB = bomb_pieces(struct.pack(">HBBI", 0, 8, 1, LABELS))
+EMPTY_STORED_BLOCK = b"\x00\x00\x00\xff\xff"  # byte-aligned, non-final, no content
+
+
+def endless(piece_after: Callable[[int], bytes], start: bytes = b""):
+    """A body that never ends (no Content-Length: HTTP/1.0 reads to the close)."""
+    def serve(handler, name, count):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/gzip")
+        handler.end_headers()
+        handler.wfile.write(start)
+        i = 0
+        while not handler.server.release.is_set():
+            handler.wfile.write(piece_after(i))
+            i += 1
+    return serve
+
+
+def finite_bomb(handler, name, count):
+    """4 GiB of zeros behind a header that declares 600 labels: 4 MB on the wire."""
+    start, zeros, end = LABELS_BOMB
+    body_len = len(start) + 4096 * len(zeros) + len(end)
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(body_len))
+    handler.end_headers()
+    handler.wfile.write(start)
+    for _ in range(4096):
+        handler.wfile.write(zeros)
+    handler.wfile.write(end)
+
+
+def drip(server: Server, every_s: float = 0.1):
+    """The real file, announced in full, then a byte every `every_s`: each read succeeds in time."""
+    def serve(handler, name, count):
+        body = server.files[name]
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for i in range(len(body)):
+            handler.wfile.write(body[i:i + 1])
+            handler.wfile.flush()
+            if server.release.wait(every_s):
+                return
+    return serve
+
+
+@pytest.fixture
+def hostile(server):
+    start, zeros, _ = LABELS_BOMB
+    server.httpd.release = server.release
+    server.routes.update({
+        "zeros": endless(lambda i: bytes(CHUNK)),
+        "bomb_endless": endless(lambda i: zeros, start),
+        "empty_blocks": endless(lambda i: EMPTY_STORED_BLOCK * 1000, start),
+        # A gzip header whose file name (FNAME) never ends
+        "endless_name": endless(lambda i: b"a" * CHUNK, b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x02\xff"),
+        "bomb": finite_bomb,
+        "drip": drip(server),
+    })
+    return server
+
+
+def _child(conn, call: Callable[[], None]) -> None:
+    """In the forked child: run `call`, measured; report what happened through `conn`."""
+    from mnistpipe import atomic as atomic_module
+    from mnistpipe.data import fetch as fetch_module
+
+    written: list[int] = []
+
+    @contextlib.contextmanager
+    def recording(path):  # the size a temporary file reached, taken just before it is removed
+        with atomic_module.atomic_path(path) as tmp:
+            try:
+                yield tmp
+            finally:
+                written.append(tmp.stat().st_size if tmp.exists() else 0)
+
+    fetch_module.atomic_path = recording
+    rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    start = time.monotonic()
+    try:
+        call()
+        error = None
+    except UserError as exc:
+        error = f"UserError: {exc}"
+    except BaseException as exc:  # noqa: BLE001 (reported to the test, which fails on it)
+        error = "".join(traceback.format_exception(exc))
+    seconds = time.monotonic() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss  # the child starts at its parent's
+    conn.send({"error": error, "seconds": seconds, "peak": peak, "written": max(written, default=0)})
+
+
+def in_child(call: Callable[[], None], dest: Path) -> dict:
+    """Run `call` in a child process killed after HANG_S; what it reported. A child that had to be
+    killed may have filled `dest` (on code without the bounds): it is removed."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, call), daemon=True)
+    child.start()
+    try:
+        if not receive.poll(HANG_S):
+            child.kill()
+            shutil.rmtree(dest, ignore_errors=True)
+            pytest.fail(f"still running after {HANG_S} s")
+        return receive.recv()
+    finally:
+        child.kill()
+        child.join()
+
+
+def hostile_fetch(spec: DataFile, mirror: str, dest: Path) -> dict:
+    """fetch_file from `mirror`, with retries: 2 as in params.yaml, in a child process."""
+    return in_child(lambda: fetch_file(spec, [mirror], dest, DEADLINE, retries=2, progress=False), dest)
+
+
+def largest_pinned_size(mirror: Path) -> int:
+    return max((mirror / name).stat().st_size for name in FILES.values())
+
+
+def assert_bounded(result: dict, reason: str, dest: Path, spec: DataFile, largest: int) -> None:
+    error = result["error"]
+    assert error and error.startswith("UserError: "), error  # a clear message, not a traceback
+    assert reason in error and "Traceback" not in error, error
+    assert result["seconds"] < DEADLINE + 1.5, result
+    assert result["written"] <= 2 * largest, result
+    assert result["peak"] < PEAK_GROWTH, result
+    assert_clean(dest, spec.name)
+
+
+def directory_mirror(tmp_path: Path, name: str, make: Callable[[Path], None]) -> Path:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    make(mirror / name)
+    return mirror
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("dev_zero_symlink", "a symlink leading out of the mirror (to /dev/zero)"),
+    ("fifo", "not a regular file but a FIFO"),
+    ("directory", "not a regular file but a directory"),
+    ("sparse_zeros", "not valid gzip"),  # 64 MiB of zeros: only the first chunk is read
+])
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_hostile_directory_mirror(synthetic_mirror, tmp_path, kind, reason, form):
+    mirror, checksums = synthetic_mirror
+    spec = spec_for(checksums)
+    makers = {
+        "dev_zero_symlink": lambda p: p.symlink_to("/dev/zero"),
+        "fifo": lambda p: os.mkfifo(p),
+        "directory": lambda p: p.mkdir(),
+        "sparse_zeros": lambda p: (p.touch(), os.truncate(p, 64 << 20)),
+    }
+    where = directory_mirror(tmp_path, spec.name, makers[kind])
+    result = hostile_fetch(spec, str(where) if form == "path" else where.as_uri(), tmp_path / "raw")
+    assert_bounded(result, reason, tmp_path / "raw", spec, largest_pinned_size(mirror))
+
+
+def test_symlink_within_the_mirror_is_followed(synthetic_mirror, tmp_path):
+    mirror, checksums = synthetic_mirror
+    spec = spec_for(checksums)
+    where = directory_mirror(tmp_path, spec.name, lambda p: p.symlink_to(f"store/{spec.name}"))
+    (where / "store").mkdir()
+    (where / "store" / spec.name).write_bytes((mirror / spec.name).read_bytes())
+    fetch_file(spec, [str(where)], tmp_path / "raw", TIMEOUT, 0, progress=False)
+    assert (tmp_path / "raw" / spec.name).read_bytes() == (mirror / spec.name).read_bytes()
+
+
+@pytest.mark.parametrize("route, reason", [
+    ("zeros", "not valid gzip"),
+    ("bomb_endless", "decompression bomb"),
+    ("bomb", "decompression bomb"),
+    ("empty_blocks", f"bytes of gzip data for {8 + LABELS} bytes of content"),
+    ("endless_name", "no IDX header in the first"),
+    ("drip", "timed out: the file was not complete within 1 s"),
+])
+def test_hostile_http_mirror(hostile, synthetic_mirror, tmp_path, route, reason):
+    """With retries: 2, as in params.yaml: none of these is retried."""
+    mirror, checksums = synthetic_mirror
+    spec = spec_for(checksums)
+    result = hostile_fetch(spec, hostile.url(route), tmp_path / "raw")
+    assert_bounded(result, reason, tmp_path / "raw", spec, largest_pinned_size(mirror))
+    assert hostile.hits[(route, spec.name)] == 1
+
+
+def test_header_declaring_too_much_content(synthetic_mirror, tmp_path):
+    mirror, checksums = synthetic_mirror
+    spec = spec_for(checksums, "train_images")
+    start, zeros, end = bomb_pieces(struct.pack(">HBB3I", 0, 8, 3, 2**31, 28, 28))
+    where = directory_mirror(tmp_path, spec.name, lambda p: p.write_bytes(start + zeros + end))
+    result = hostile_fetch(spec, str(where), tmp_path / "raw")
+    assert_bounded(result, "(2147483648, 28, 28), more than the", tmp_path / "raw", spec,
+                   largest_pinned_size(mirror))
+
+
+def test_deadline_covers_directory_mirrors(synthetic_mirror, tmp_path):
+    mirror, checksums = synthetic_mirror
+    spec = spec_for(checksums, "train_images")
+    with pytest.raises(UserError, match="timed out"):
+        fetch_file(spec, [str(mirror)], tmp_path / "raw", 1e-9, retries=0, progress=False)
+    assert_clean(tmp_path / "raw", spec.name)
+
+
+@pytest.mark.parametrize("where", ["env", "params"])
+def test_unsupported_scheme_is_named(synthetic_mirror, tmp_path, monkeypatch, where):
+    _, checksums = synthetic_mirror
+    config = make_config(checksums, ["ftp://127.0.0.1/mnist/" if where == "params" else "http://127.0.0.1:9/"])
+    if where == "env":
+        monkeypatch.setenv(MIRROR_ENV, "ftp://127.0.0.1/mnist/")
+    with pytest.raises(UserError) as info:
+        fetch_dataset(config, tmp_path / "raw", progress=False)
+    message = str(info.value)
+    assert "unsupported URL scheme ftp://" in message, message
+    assert (MIRROR_ENV if where == "env" else "data.mirrors") in message, message
+    assert not (tmp_path / "raw").exists()
+
+
+def test_fetch_file_refuses_unsupported_scheme(synthetic_mirror, tmp_path):
+    _, checksums = synthetic_mirror
+    spec = spec_for(checksums)
+    with pytest.raises(UserError, match=r"ftp://h/x/train-labels-idx1-ubyte.gz: unsupported URL scheme ftp://"):
+        fetch_file(spec, ["ftp://h/x/"], tmp_path / "raw", TIMEOUT, 0, progress=False)
+
+
+def test_present_fifo_is_replaced_not_waited_on(server, synthetic_mirror, tmp_path):
+    """A FIFO where a verified file should be (data/raw) is removed and fetched again."""
+    mirror, checksums = synthetic_mirror
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    os.mkfifo(dest / FILES["train_labels"])
+    config = make_config(checksums, [server.url("good")])
+    result = in_child(lambda: fetch_dataset(config, dest, progress=False), dest)
+    assert result["error"] is None, result
+    assert_same_files(dest, mirror)
+
+
+def test_fetch_stage_reports_a_hostile_mirror_without_traceback(synthetic_mirror, tmp_path):
+    _, checksums = synthetic_mirror
+    raw = tiny_params_raw(checksums)
+    raw["data"]["timeout_s"] = DEADLINE
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    where = directory_mirror(tmp_path, FILES["train_images"], lambda p: os.mkfifo(p))
+    env = {**os.environ, MIRROR_ENV: str(where)}
+    out = subprocess.run([sys.executable, str(REPO / "stages" / "fetch.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "error: could not fetch train-images-idx3-ubyte.gz" in out.stderr
+    assert "not a regular file but a FIFO" in out.stderr and "Traceback" not in out.stderr
+    assert list((tmp_path / "data" / "raw").iterdir()) == []
