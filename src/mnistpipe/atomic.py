@@ -12,10 +12,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import naming
+
 
 def _temp_name(path: Path) -> Path:
     """A fresh name beside `path` that _remove_leftovers recognizes."""
     return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+@contextlib.contextmanager
+def _blaming(tmp: Path, path: Path) -> Iterator[None]:
+    """An error while writing `tmp` names `path`, the file the user knows: a full disk shows
+    as "No space left on device: metrics/eval.json", not as a temporary name or no name."""
+    try:
+        with naming(path):
+            yield
+    except OSError as exc:
+        name = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
+        if name is not None and (name == str(tmp) or name.startswith(f"{tmp}{os.sep}")):
+            exc.filename = str(path) + name[len(str(tmp)):]
+        raise
 
 
 def _remove_leftovers(path: Path) -> None:
@@ -31,9 +47,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     tmp = _temp_name(path)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as usual
+    with _blaming(tmp, path):
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as usual
     try:
-        yield tmp
+        with _blaming(tmp, path):
+            yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -48,12 +66,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temp_name(path)
     tmp.mkdir(0o777)  # the umask applies, as usual
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with _blaming(tmp, path):
+            yield tmp
+        _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put directory `tmp` at `path` by renames alone: the old one moves aside whole (deleting it
+    in place could stop halfway and leave part of the last run) and goes once the new one is in."""
+    old = _temp_name(path)
+    if os.path.lexists(path):
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(old):
+            os.replace(old, path)
+        raise
+    # The new one is in place: the old one, if it cannot go now, goes with the next run's leftovers.
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 def json_text(data: Any) -> str:
@@ -112,7 +145,7 @@ class OutputSet:
         _remove_leftovers(path)
         tmp = _temp_name(path)
         self.pending.append((tmp, path))
-        with open(tmp, "xb") as f:  # the umask applies, as usual
+        with _blaming(tmp, path), open(tmp, "xb") as f:  # the umask applies, as usual
             f.write(data)
 
     def write_text(self, path: str | os.PathLike, text: str) -> None:

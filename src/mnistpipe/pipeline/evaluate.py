@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..atomic import write_csv, write_json
+from ..atomic import output_set
 from ..calibration import expected_calibration_error, probabilities, reliability_table
 from ..checkpoint import load_model
 from ..data.prepared import load_split
@@ -52,18 +52,21 @@ def run(params: Params) -> None:
     metrics |= {"ece_raw": round(expected_calibration_error(raw, test.labels), 6),
                 "ece": round(expected_calibration_error(calibrated, test.labels), 6)}
     confidence, predicted = calibrated.max(1)
-    write_json(paths.EVAL_METRICS, metrics)
-    write_csv(paths.PER_CLASS, per_class)
-    write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
-    write_json(paths.SEEDS_METRICS, seed_accuracies(params.seed, metrics["accuracy"], test, device,
-                                                    params.evaluate.batch_size).to_json())
-    write_csv(paths.PREDICTIONS, [
-        {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
-        for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
-    ])
-    write_json(paths.EVAL_LOG, {"device": device.type, "device_name": device_name(device),
-                                      **machine_facts(params.numerics), "images": len(test),
-                                      "seconds": round(seconds, 4)})
+    seeds = seed_accuracies(params.seed, metrics["accuracy"], test, device, params.evaluate.batch_size)
+    # One set: a failure anywhere (a full disk) leaves every file of the last run as it was,
+    # so metrics/ and plots/ never mix two runs.
+    with output_set() as out:
+        out.write_json(paths.EVAL_METRICS, metrics)
+        out.write_csv(paths.PER_CLASS, per_class)
+        out.write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
+        out.write_json(paths.SEEDS_METRICS, seeds.to_json())
+        out.write_csv(paths.PREDICTIONS, [
+            {"index": i, "actual": a, "predicted": p, "confidence": f"{c:.6f}"}
+            for i, (a, p, c) in enumerate(zip(test.labels.tolist(), predicted.tolist(), confidence.tolist()))
+        ])
+        out.write_json(paths.EVAL_LOG, {"device": device.type, "device_name": device_name(device),
+                                        **machine_facts(params.numerics), "images": len(test),
+                                        "seconds": round(seconds, 4)})
     print(f"test accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
           f"macro F1 {metrics['macro_f1']:.4f}  ({len(test)} images, {seconds:.3f}s on {device.type})",
           file=sys.stderr)

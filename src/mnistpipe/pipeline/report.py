@@ -12,9 +12,28 @@ from .. import paths, report
 from ..atomic import atomic_dir
 from ..checkpoint import load_model
 from ..data.prepared import SPLITS, Split, load_meta, load_split
+from ..errors import UserError, naming
 from ..evaluate import SeedAccuracies, confusion_matrix
 from ..models import count_parameters, layer_table
 from ..params import Params
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with naming(path):  # an undecodable file is reported by name
+        return report.read_csv(path)
+
+
+def read_text(path) -> str:
+    with naming(path):
+        return path.read_text()
+
+
+def read_json(path):
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); rerun the stage that writes it (dvc repro)") from None
 
 
 def draw(params: Params, splits: dict[str, Split], counts, cm, evaluation: dict, wrong: list) -> dict[str, Figure]:
@@ -23,10 +42,10 @@ def draw(params: Params, splits: dict[str, Split], counts, cm, evaluation: dict,
     figures = {
         "samples": report.samples_figure(splits["train"], samples, params.report.sample_grid),
         "class_counts": report.class_counts_figure(counts),
-        "curves": report.curves_figure(report.read_csv(paths.HISTORY)),
+        "curves": report.curves_figure(read_csv(paths.HISTORY)),
         "confusion": report.confusion_figure(cm),
         "per_class": report.per_class_figure(cm),
-        "reliability": report.reliability_figure(report.read_csv(paths.RELIABILITY),
+        "reliability": report.reliability_figure(read_csv(paths.RELIABILITY),
                                                  {"raw": evaluation["ece_raw"], "calibrated": evaluation["ece"]}),
     }
     if wrong:
@@ -39,18 +58,18 @@ def run(params: Params) -> None:
     meta = load_meta(paths.PREPARED)
     splits = {name: load_split(paths.PREPARED, name) for name in SPLITS}
     model, info = load_model(paths.MODEL)
-    predictions = report.read_csv(paths.PREDICTIONS)
+    predictions = read_csv(paths.PREDICTIONS)
     actual = torch.tensor([int(r["actual"]) for r in predictions])
     predicted = torch.tensor([int(r["predicted"]) for r in predictions])
     cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
-    evaluation = json.loads(paths.EVAL_METRICS.read_text())
+    evaluation = read_json(paths.EVAL_METRICS)
     counts = report.class_counts({name: s.labels for name, s in splits.items()}, meta.num_classes)
     wrong = report.confidently_wrong(predictions, params.report.n_wrong)
     figures = draw(params, splits, counts, cm, evaluation, wrong)
     page = report.markdown(report.PageFacts(
-        info.spec, evaluation, json.loads(paths.TRAIN_METRICS.read_text()),
-        SeedAccuracies.from_json(paths.SEEDS_METRICS.read_text(), str(paths.SEEDS_METRICS)),
-        report.read_csv(paths.PER_CLASS), meta.sizes, counts, len(wrong), count_parameters(model),
+        info.spec, evaluation, read_json(paths.TRAIN_METRICS),
+        SeedAccuracies.from_json(read_text(paths.SEEDS_METRICS), str(paths.SEEDS_METRICS)),
+        read_csv(paths.PER_CLASS), meta.sizes, counts, len(wrong), count_parameters(model),
         layer_table(model, info.spec.image_shape), meta.mean, meta.std))
 
     with atomic_dir(paths.REPORTS) as out:
