@@ -676,6 +676,7 @@ def directory_mirror(tmp_path: Path, name: str, make: Callable[[Path], None]) ->
     ("fifo", "not a regular file but a FIFO"),
     ("directory", "not a regular file but a directory"),
     ("sparse_zeros", "not valid gzip"),  # 64 MiB of zeros: only the first chunk is read
+    ("symlink_loop", "cannot open (Too many levels of symbolic links)"),
 ])
 @pytest.mark.parametrize("form", ["path", "file-url"])
 def test_hostile_directory_mirror(synthetic_mirror, tmp_path, kind, reason, form):
@@ -686,6 +687,7 @@ def test_hostile_directory_mirror(synthetic_mirror, tmp_path, kind, reason, form
         "fifo": lambda p: os.mkfifo(p),
         "directory": lambda p: p.mkdir(),
         "sparse_zeros": lambda p: (p.touch(), os.truncate(p, 64 << 20)),
+        "symlink_loop": lambda p: p.symlink_to(p.name),
     }
     where = directory_mirror(tmp_path, spec.name, makers[kind])
     result = hostile_fetch(spec, str(where) if form == "path" else where.as_uri(), tmp_path / "raw")

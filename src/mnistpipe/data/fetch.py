@@ -10,8 +10,8 @@ A mirror is untrusted, so every download is bounded while it streams, never chec
 - content: the gzip stream is decompressed as it arrives, and its IDX header says how many
   bytes it holds (at most MAX_CONTENT). More than that is refused at once, so a
   decompression bomb costs milliseconds, and bytes that are not gzip fail on the first chunk;
-- bytes: the compressed stream may not exceed the content by more than SLACK (deflate never
-  expands data by more than 5 bytes in 64 KiB), so at most that much reaches the disk;
+- bytes: the compressed stream may not exceed the content by more than SLACK (zlib's deflate
+  adds at most 0.03% to incompressible data), so little more than the content reaches the disk;
 - files: a directory mirror serves regular files only; devices, FIFOs and symlinks leading
   out of the mirror are refused before anything is read.
 """
@@ -46,7 +46,7 @@ MIRROR_ENV = "MNISTPIPE_MIRROR"
 CHUNK = 1 << 16
 MAX_CONTENT = 256 << 20  # bytes one IDX file may hold; MNIST's largest holds 47 MB
 SLACK = 256 << 10  # gzip bytes beyond the content: headers, block overheads, the trailer
-HEAD_WINDOW = 2 * CHUNK  # gzip bytes within which the IDX header must appear (it does in the first 100)
+HEAD_WINDOW = 2 * CHUNK  # gzip bytes within which the IDX header must appear (real files: the first 100)
 URL_SCHEMES = ("http", "https", "file")
 
 
@@ -71,14 +71,15 @@ class Deadline:
         if left <= 0:
             # Not retried: a mirror that needs longer would need it again.
             raise MirrorFailure(f"timed out: the file was not complete within {self.seconds:g} s "
-                                "(data.timeout_s bounds each file's whole transfer)", retry=False)
+                                "(data.timeout_s, the limit on each file's whole transfer: raise it "
+                                "for a slow connection)", retry=False)
         return left
 
 
 def mirror_list(config: DataConfig) -> list[str]:
     """The mirrors to try: MNISTPIPE_MIRROR if set, else data.mirrors. Unsupported schemes are a UserError."""
     override = os.environ.get(MIRROR_ENV, "").strip()
-    mirrors, origin = ([override], MIRROR_ENV) if override else (list(config.mirrors), "data.mirrors")
+    mirrors, origin = ([override], MIRROR_ENV) if override else (list(config.mirrors), "data.mirrors in params.yaml")
     for mirror in mirrors:
         try:
             _scheme(mirror)
@@ -102,7 +103,7 @@ def file_url(mirror: str, name: str) -> str:
     """URL of `name` on `mirror`; a mirror without a scheme is a local directory."""
     if len(urllib.parse.urlparse(mirror).scheme) > 1:
         return mirror.rstrip("/") + "/" + name
-    return (Path(mirror).expanduser().resolve() / name).as_uri()
+    return (Path(os.path.realpath(Path(mirror).expanduser())) / name).as_uri()
 
 
 def _local_root(mirror: str) -> Path:
@@ -125,8 +126,9 @@ def _file_chunks(root: Path, name: str, deadline: Deadline | None, confined: boo
     """The bytes of the regular file `root/name`; if `confined`, a symlink may lead within `root` only."""
     path, flags = root / name, 0
     if confined:
-        path, flags = path.resolve(), getattr(os, "O_NOFOLLOW", 0)
-        if not path.is_relative_to(root.resolve()):
+        # realpath, not resolve(): a symlink loop stays a link, which O_NOFOLLOW then refuses
+        path, flags = Path(os.path.realpath(path)), getattr(os, "O_NOFOLLOW", 0)
+        if not path.is_relative_to(os.path.realpath(root)):
             raise MirrorFailure(f"a symlink leading out of the mirror (to {path}); put the file itself "
                                 "in the mirror directory", retry=False)
     with os.fdopen(_open_regular(path, flags), "rb", buffering=0) as f:
