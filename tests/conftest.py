@@ -78,6 +78,24 @@ def write_synthetic_mirror(directory: Path, n_train: int = 600, n_test: int = 20
             for key in FILES}
 
 
+def declared_outputs(*stages: str) -> list[str]:
+    """What dvc.yaml declares as the outputs (outs, metrics, plots) of `stages`, or of every stage."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return [entry if isinstance(entry, str) else next(iter(entry))
+            for name in (stages or spec) for kind in ("outs", "metrics", "plots")
+            for entry in spec[name].get(kind, [])]
+
+
+def output_files(repo: Path, *stages: str) -> list[str]:
+    """The files of `stages`' declared outputs in `repo`, directories expanded, in sorted order."""
+    found = []
+    for out in declared_outputs(*stages):
+        path = repo / out
+        found += [str(p.relative_to(repo)) for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() \
+            else [out] if path.exists() else []
+    return sorted(found)
+
+
 def repo_params_raw() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
