@@ -1,16 +1,29 @@
-"""Training in-process on tiny synthetic data: it learns, it is deterministic, it resumes exactly."""
+"""Training in-process on tiny synthetic data: it learns, it is deterministic, it resumes exactly,
+it stops when it diverges; the stage's tidying of models/seeds and checkpoints."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import pytest
 import torch
 
 from mnistpipe.data.prepared import Meta, Split, normalize, pixel_stats
+from mnistpipe.errors import UserError
 from mnistpipe.models import count_parameters, model_spec
 from mnistpipe.params import parse_params
-from mnistpipe.train import Resume, data_digest, make_augment, run_fingerprint, run_training, train_epoch
+from mnistpipe.train import (
+    Resume,
+    TrainingState,
+    check_finite,
+    data_digest,
+    make_augment,
+    run_fingerprint,
+    run_training,
+    train_epoch,
+)
 
 from conftest import same_weights, synthetic_digits, tiny_params_raw
 
@@ -118,18 +131,81 @@ def test_each_epoch_sees_every_sample_exactly_once():
     assert sorted(seen) == list(range(n))
 
 
+class Killed(Exception):
+    """Stands for a SIGKILL: the run stops right after a checkpoint, nothing else happens."""
+
+
+def kill_after_checkpoint(monkeypatch, epoch: int) -> None:
+    """The next run stops once it has saved its checkpoint of `epoch`."""
+    original = TrainingState.save
+
+    def save(self, resume, done, history):
+        original(self, resume, done, history)
+        if done == epoch:
+            raise Killed
+
+    monkeypatch.setattr(TrainingState, "save", save)
+
+
 @pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "schedule": "onecycle", "augment": True, "lr": 0.01}])
-def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw):
+def test_resume_gives_the_uninterrupted_result(data, tmp_path, kw, monkeypatch):
     p = params(epochs=3, **kw)
+    full = train(p, data)
     resume = tmp_path / "resume.pt"
-    full = train(p, data, resume=Resume(resume, "run-a"))
-    assert resume.exists()  # the checkpoint after epoch 2 (the stage deletes it when done)
+    with monkeypatch.context() as m:
+        kill_after_checkpoint(m, epoch=2)
+        with pytest.raises(Killed):
+            train(p, data, resume=Resume(resume, "run-a"))
 
     lines = []
     resumed = train(p, data, resume=Resume(resume, "run-a"), log=lines.append)
     assert resumed.resumed_from_epoch == 2 and any("resuming" in line for line in lines)
     assert resumed.history == full.history
     assert same_weights(state(resumed.model), state(full.model))
+    assert torch.equal(resumed.val_logits, full.val_logits)
+
+
+@pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "schedule": "onecycle", "augment": True, "lr": 0.01}])
+def test_a_finished_run_keeps_its_checkpoint_and_is_never_trained_again(data, tmp_path, kw, monkeypatch):
+    """A stage killed after this run finished (another seed training, outputs being written)
+    gets this run's result back from its last checkpoint, without training."""
+    p = params(epochs=3, **kw)
+    resume = tmp_path / "resume.pt"
+    full = train(p, data, resume=Resume(resume, "run-a"))
+    assert resume.exists()  # the last epoch's; the stage deletes it once its outputs are written
+
+    import mnistpipe.train as train_module
+
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **kw: pytest.fail("trained again"))
+    lines = []
+    again = train(p, data, resume=Resume(resume, "run-a"), log=lines.append)
+    assert again.resumed_from_epoch == 3 and again.seconds_per_epoch == []
+    assert any("after epoch 3: every epoch is done" in line for line in lines), lines
+    assert again.history == full.history
+    assert same_weights(state(again.model), state(full.model))
+    assert torch.equal(again.val_logits, full.val_logits)  # the calibration temperature's input
+
+
+@pytest.mark.parametrize("kw", [{}, {"schedule": "onecycle"}])
+def test_a_diverging_run_stops_with_the_cause_before_its_checkpoint(data, tmp_path, kw):
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(UserError) as error:
+        train(params(epochs=3, optimizer="sgd", lr=10, **kw), data, resume=Resume(resume, "run-a"))
+    message = str(error.value)
+    assert "train: the training loss is NaN after epoch 1 (seed 42): the run diverged" in message
+    assert "lower train.lr in params.yaml (10 is high for sgd, which usually trains at 0.01 to 0.1" in message
+    assert ("onecycle" in message) == bool(kw)
+    assert not resume.exists()
+
+
+@pytest.mark.parametrize("losses, words", [
+    ((1.0, math.inf), "the validation loss is infinite after epoch 2 (seed 42)"),
+    ((math.nan, 1.0), "(0.001 now; try a tenth of it)"),
+])
+def test_every_non_finite_loss_is_refused(losses, words):
+    with pytest.raises(UserError, match=re.escape(words)):
+        check_finite(params(), 2, *losses)
+    check_finite(params(), 2, 1e30, 0.0)  # finite, however large: not this check's business
 
 
 def test_checkpoint_of_another_run_is_never_resumed(data, tmp_path):
@@ -185,3 +261,35 @@ def test_cnn_parameter_count_and_shapes():
     # conv 1->32 (288) + BN (64) + conv 32->64 (18432) + BN (128) + fc 3136->128 (401536) + 128->10 (1290)
     assert count_parameters(model) == 288 + 64 + 18432 + 128 + 401536 + 1290
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_the_stage_tidies_seed_models_and_checkpoints_once_its_outputs_are_written(tmp_path, monkeypatch):
+    """models/seeds survives runs (persist: true in dvc.yaml), so the stage must remove what is
+    not this run's: evaluate takes every models/seeds/seed*.pt for a seed of this run."""
+    from mnistpipe import paths
+    from mnistpipe.pipeline.train import tidy_up
+
+    monkeypatch.chdir(tmp_path)
+    names = ["seeds/seeds.json", "seeds/seed1.pt", "seeds/seed2.pt", "seeds/.seed3.pt.0123456789ab.tmp",
+             "resume.pt", "resume-seed1.pt", "resume-seed2.pt", "model.pt"]
+    for name in names:
+        (tmp_path / "models" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / name).write_bytes(b"x")
+    tidy_up(dataclasses.replace(params(), multiseed=dataclasses.replace(params().multiseed, seeds=[1])))
+    left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*"))
+    assert left == ["models/model.pt", "models/resume-seed2.pt", "models/seeds", "models/seeds/seed1.pt",
+                    "models/seeds/seeds.json"]
+    assert list(paths.seed_models()) == [1]
+
+
+def test_dvc_keeps_the_train_stages_outputs_while_it_runs():
+    """DVC deletes a stage's outputs before running it unless they persist; the stage replaces
+    them itself, all together, so a failed run leaves the last good ones."""
+    import yaml
+
+    from conftest import REPO
+
+    outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    entries = [next(iter(e.items())) for e in outs["outs"] + outs["metrics"]]
+    assert {name: options.get("persist") for name, options in entries} == {
+        "models/model.pt": True, "models/seeds": True, "plots/train.csv": True, "metrics/train.json": True}

@@ -41,16 +41,22 @@ class ModelFile:
     temperature: float  # calibration: divide the logits by it for probabilities (calibration.py)
 
 
-def save_model(path: Path, model: nn.Module, spec: ModelSpec, mean: float, std: float,
-               temperature: float = 1.0) -> None:
-    """`temperature`: divide the logits by it for calibrated probabilities (calibration.py)."""
-    save_torch(path, {
+def model_file(model: nn.Module, spec: ModelSpec, mean: float, std: float,
+               temperature: float = 1.0) -> dict[str, Any]:
+    """What a model file holds, for save_torch (alone, or as one file of a stage's output set).
+    `temperature`: divide the logits by it for calibrated probabilities (calibration.py)."""
+    return {
         "format": MODEL_FORMAT,
         "spec": spec.to_dict(),
         "normalization": {"mean": mean, "std": std},
         "temperature": temperature,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    })
+    }
+
+
+def save_model(path: Path, model: nn.Module, spec: ModelSpec, mean: float, std: float,
+               temperature: float = 1.0) -> None:
+    save_torch(path, model_file(model, spec, mean, std, temperature))
 
 
 def _not_torch(head: bytes) -> str | None:

@@ -3,8 +3,14 @@ slices of a seeded permutation; nothing goes to the host until an epoch ends.
 
 Every epoch leaves a resume checkpoint (model, optimizer, RNG states, history and a
 fingerprint of config + data); a killed run continues from it and ends with exactly
-the weights an uninterrupted run would have. A checkpoint whose fingerprint differs
+the weights an uninterrupted run would have. The last epoch leaves one too, so a run
+killed after it (another seed's training, writing the outputs) trains nothing again; the
+stage deletes them once its outputs are written. A checkpoint whose fingerprint differs
 is never used.
+
+A loss that is not finite after an epoch stops the run with a UserError, before that
+epoch's checkpoint or any output is written. It is checked where the epoch's numbers
+reach the host anyway, so the loop keeps no per-step host sync.
 
 Under torchrun (train.processes > 1) the same loop runs in every process with
 DistributedDataParallel: each rank trains on its share of every global batch, DDP
@@ -62,8 +68,8 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD with the fused implementation (one kernel updates every parameter; on the
-    CPU it cut the MLP's epoch by a quarter), or foreach where this torch/device lacks it."""
+    """Adam or SGD with the fused implementation (one kernel updates every parameter, which is
+    faster), or foreach where this torch/device lacks it."""
     if config.optimizer == "adam":
         cls, options = torch.optim.Adam, {"lr": config.lr, "weight_decay": config.weight_decay}
     else:
@@ -108,6 +114,18 @@ def make_augment(config: AugmentConfig, background: float, generator: torch.Gene
     return augment
 
 
+def _batch_losses(logits: torch.Tensor, yb: torch.Tensor, n_global: int, world: int,
+                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to minimize, the rank's summed loss over its rows) for one batch's share."""
+    if world == 1:
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        return loss, loss.detach() * len(yb)
+    # DDP averages the ranks' gradients; scaling each rank's summed loss by world/n_global
+    # makes that average the global batch's mean gradient, even where shares are uneven.
+    batch_loss = F.cross_entropy(logits, yb, reduction="sum", label_smoothing=label_smoothing)
+    return batch_loss * (world / n_global), batch_loss
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, batch_size: int, generator: torch.Generator,
                 schedule=None, augment=None, label_smoothing: float = 0.0) -> tuple[float, float]:
@@ -129,14 +147,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         if augment is not None:
             xb = augment(xb, rows, len(idx))
         logits = model(xb)
-        if world == 1:
-            loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-            batch_loss = loss.detach() * len(yb)
-        else:
-            # DDP averages the ranks' gradients; scaling each rank's summed loss by world/len(idx)
-            # makes that average the global batch's mean gradient, even where shares are uneven.
-            batch_loss = F.cross_entropy(logits, yb, reduction="sum", label_smoothing=label_smoothing)
-            loss = batch_loss * (world / len(idx))
+        loss, batch_loss = _batch_losses(logits, yb, len(idx), world, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -175,8 +186,9 @@ class Resume:
 
 
 @dataclass
-class Trainer:
-    """What a run updates, together, so it can be saved and restored as one."""
+class TrainingState:
+    """What a run updates, together, so it can be saved and restored as one (the loop that
+    updates it is run_training)."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Any  # an LR scheduler, or None
@@ -194,7 +206,7 @@ class Trainer:
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "rng": rng, "history": [asdict(r) for r in history],
         }
-        if world > 1:  # the ranks' dropout streams differ (see build_trainer)
+        if world > 1:  # the ranks' dropout streams differ (see build_state)
             ckpt["rank_rng"] = gather(rng)
         if rank == 0:
             save_torch(resume.path, ckpt)
@@ -228,14 +240,13 @@ def load_resume(resume: Resume, log: Callable[[str], None]) -> dict[str, Any] | 
     return ckpt
 
 
-def build_trainer(params: Params, spec: ModelSpec, n_train: int, device: torch.device) -> Trainer:
+def build_state(params: Params, spec: ModelSpec, n_train: int, device: torch.device) -> TrainingState:
     """The model (initialized from params.seed), its optimizer and schedule, and the
     generator of batch order and augmentation (also from params.seed)."""
     torch.manual_seed(params.seed)
     model = build_model(spec).to(device)
     if spec.arch == "cnn" and (device.type != "cpu" or torch.backends.mkldnn.enabled):
-        # NHWC suits cuDNN and oneDNN; without oneDNN (portable numerics) ATen's NHWC
-        # convolution took 4.6x as long as NCHW.
+        # NHWC suits cuDNN and oneDNN; without oneDNN (portable numerics) ATen's NHWC convolution is slow.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params.train)
     rank = rank_and_world()[0]
@@ -243,7 +254,7 @@ def build_trainer(params: Params, spec: ModelSpec, n_train: int, device: torch.d
         # Dropout draws from the global generator: without a stream of its own, every rank
         # would drop the same units in its share. Rank 0 keeps the single process's stream.
         torch.manual_seed(rank_seed(params.seed, rank))
-    return Trainer(model, optimizer, make_schedule(optimizer, params.train, n_train),
+    return TrainingState(model, optimizer, make_schedule(optimizer, params.train, n_train),
                    torch.Generator(device=device).manual_seed(params.seed))
 
 
@@ -257,43 +268,73 @@ def _check_processes(expected: int) -> int:
     return world
 
 
+# The rates at which each optimizer usually trains these networks, for the divergence message.
+USUAL_LR = {"adam": (0.0001, 0.003), "sgd": (0.01, 0.1)}
+
+
+def check_finite(params: Params, epoch: int, train_loss: float, val_loss: float) -> None:
+    """UserError if an epoch's training or validation loss is NaN or infinite: the run diverged."""
+    for what, loss in (("training", train_loss), ("validation", val_loss)):
+        if math.isfinite(loss):
+            continue
+        config = params.train
+        low, high = USUAL_LR[config.optimizer]
+        rate = (f"{config.lr:g} is high for {config.optimizer}, which usually trains at {low:g} to {high:g}"
+                if config.lr > high else f"{config.lr:g} now; try a tenth of it")
+        peak = ", the peak of the onecycle schedule" if config.schedule == "onecycle" else ""
+        raise UserError(f"train: the {what} loss is {'NaN' if math.isnan(loss) else 'infinite'} after epoch "
+                        f"{epoch} (seed {params.seed}): the run diverged; lower train.lr in params.yaml "
+                        f"({rate}{peak}) and run again")
+
+
+def _restore(state: TrainingState, resume: Resume | None, epochs: int,
+             log: Callable[[str], None]) -> tuple[int, list[EpochRecord]]:
+    """(epochs done, their history): from this run's checkpoint if one is there, else (0, [])."""
+    ckpt = load_resume(resume, log) if resume is not None else None
+    if ckpt is None:
+        return 0, []
+    epoch, history = state.restore(ckpt)
+    done = ": every epoch is done, nothing to train" if epoch >= epochs else ""
+    log(f"resuming from {resume.path} after epoch {epoch}{done}")
+    return epoch, history
+
+
 def run_training(params: Params, spec: ModelSpec, meta: Meta, train: Split, val: Split,
                  device: torch.device, resume: Resume | None = None,
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
     """Train `spec` on `train`, validating on `val` after every epoch; with `resume`,
-    continue from that run's checkpoint and leave one after every epoch but the last.
+    continue from that run's checkpoint and leave one after every epoch (the caller deletes it
+    once its outputs are written). A non-finite loss raises UserError (check_finite).
 
     Under torchrun every rank calls this alike; rank 0 alone logs and writes checkpoints."""
     config = params.train
     world = _check_processes(config.processes)
     if not is_main():
         log = lambda line: None  # noqa: E731  (rank 0 speaks for all)
-    trainer = build_trainer(params, spec, len(train), device)
-    augment = make_augment(config.augment, -meta.mean / meta.std, trainer.generator)
+    state = build_state(params, spec, len(train), device)
+    augment = make_augment(config.augment, -meta.mean / meta.std, state.generator)
     x_train, y_train = normalize(train.images, meta.mean, meta.std, device), train.labels.to(device)
     x_val, y_val = normalize(val.images, meta.mean, meta.std, device), val.labels.to(device)
-
-    start_epoch, history = 0, []
-    ckpt = load_resume(resume, log) if resume is not None else None
-    if ckpt is not None:
-        start_epoch, history = trainer.restore(ckpt)
-        log(f"resuming from {resume.path} after epoch {start_epoch}")
+    start_epoch, history = _restore(state, resume, config.epochs, log)
     # DDP starts by copying rank 0's weights to every rank, then averages the gradients in backward.
-    net = trainer.model if world == 1 else nn.parallel.DistributedDataParallel(
-        trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = state.model if world == 1 else nn.parallel.DistributedDataParallel(
+        state.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    seconds, val_logits = [], None
+    seconds = []
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(net, trainer.optimizer, x_train, y_train, config.batch_size,
-                                            trainer.generator, trainer.schedule, augment, config.label_smoothing)
-        val_logits = predict_logits(trainer.model, x_val, params.evaluate.batch_size)
+        train_loss, train_acc = train_epoch(net, state.optimizer, x_train, y_train, config.batch_size,
+                                            state.generator, state.schedule, augment, config.label_smoothing)
+        val_logits = predict_logits(state.model, x_val, params.evaluate.batch_size)
         val_loss, val_acc = loss_and_accuracy(val_logits, y_val)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
+        check_finite(params, epoch, train_loss, val_loss)
         history.append(EpochRecord(epoch, *(round(v, 6) for v in (train_loss, train_acc, val_loss, val_acc))))
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds[-1]:.2f}s")
-        if resume is not None and epoch < config.epochs:
-            trainer.save(resume, epoch, history)
-    return TrainResult(trainer.model, history, seconds, start_epoch, val_logits)
+        if resume is not None:
+            state.save(resume, epoch, history)
+    if not seconds:  # every epoch was done before: the restored weights give the same logits
+        val_logits = predict_logits(state.model, x_val, params.evaluate.batch_size)
+    return TrainResult(state.model, history, seconds, start_epoch, val_logits)
