@@ -36,6 +36,19 @@ def read_json(path):
         raise UserError(f"{path} is not valid JSON ({exc}); rerun the stage that writes it (dvc repro)") from None
 
 
+def read_predictions() -> tuple[list[dict[str, str]], torch.Tensor, torch.Tensor]:
+    """plots/predictions.csv's rows, and its actual and predicted labels, or a UserError if it
+    is not what the evaluate stage writes."""
+    rows = read_csv(paths.PREDICTIONS)
+    try:
+        [float(r["confidence"]) for r in rows]
+        return (rows, torch.tensor([int(r["actual"]) for r in rows]),
+                torch.tensor([int(r["predicted"]) for r in rows]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{paths.PREDICTIONS} is not what the evaluate stage writes; rerun it "
+                        "(dvc repro evaluate)") from None
+
+
 def draw(params: Params, splits: dict[str, Split], counts, cm, evaluation: dict, wrong: list) -> dict[str, Figure]:
     """The report's figures, by file name in reports/figures/."""
     samples = report.sample_indices(len(splits["train"]), params.report.sample_grid ** 2, params.seed)
@@ -58,9 +71,7 @@ def run(params: Params) -> None:
     meta = load_meta(paths.PREPARED)
     splits = {name: load_split(paths.PREPARED, name) for name in SPLITS}
     model, info = load_model(paths.MODEL)
-    predictions = read_csv(paths.PREDICTIONS)
-    actual = torch.tensor([int(r["actual"]) for r in predictions])
-    predicted = torch.tensor([int(r["predicted"]) for r in predictions])
+    predictions, actual, predicted = read_predictions()
     cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
     evaluation = read_json(paths.EVAL_METRICS)
     counts = report.class_counts({name: s.labels for name, s in splits.items()}, meta.num_classes)
@@ -75,8 +86,10 @@ def run(params: Params) -> None:
     with atomic_dir(paths.REPORTS) as out:
         (out / "figures").mkdir()
         for name, fig in figures.items():
-            report.save(fig, out / "figures" / f"{name}.png", params.report.dpi)
-        (out / "report.md").write_text(page)
+            with naming(out / "figures" / f"{name}.png"):
+                report.save(fig, out / "figures" / f"{name}.png", params.report.dpi)
+        with naming(out / "report.md"):
+            (out / "report.md").write_text(page)
     print(f"report: {paths.REPORTS / 'report.md'} ({len(figures)} figures in {paths.REPORTS / 'figures'}); "
           f"test accuracy {evaluation['accuracy']:.4f}, {evaluation['errors']} errors, ECE {evaluation['ece']:.2%}",
           file=sys.stderr)
