@@ -395,3 +395,18 @@ def test_top_must_be_positive(model_path, good_files, capsys):
     assert exc.value.code == 2
 
 
+
+
+def test_a_model_whose_outputs_overflow_is_refused(tmp_path, good_files, capsys):
+    """Finite weights of 1e30 pass the checkpoint's checks but overflow the logits: no "p=nan" reading."""
+    torch.manual_seed(0)
+    model = build_model(SPEC)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e30)
+    path = tmp_path / "huge.pt"
+    save_model(path, model, SPEC, mean=0.13, std=0.31)
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", *map(str, good_files), "--model", str(path)])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "" and "not finite" in err and "p=nan" not in out + err

@@ -374,6 +374,9 @@ def predict_files(paths: list[Path], model_path: Path, top: int = 3) -> list[dic
         with torch.inference_mode():
             logits = model(normalize(torch.stack(images), info.mean, info.std))
             probs = probabilities(logits, info.temperature)
+        if not probs.isfinite().all():  # finite but huge weights can still overflow the logits
+            raise UserError(f"{model_path}: the model's outputs are not finite numbers (NaN or infinite "
+                            "logits); its weights are broken: retrain it, e.g. with a lower train.lr")
         values, digits = probs.topk(min(top, probs.shape[1]), dim=1)
         read = (r for r in results if set(r) == {"path"})
         for result, v, d in zip(read, values.tolist(), digits.tolist()):
