@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a trained model to ONNX or a torch.export archive")
     export.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (default: %(default)s)")
-    export.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+    export.add_argument("--format", choices=list(paths.EXPORT_SUFFIXES), default="onnx",
                         help="onnx (any ONNX runtime) or pt2 (torch.export archive) (default: %(default)s)")
     export.add_argument("--output", metavar="PATH",
                         help="where to write (default: the checkpoint's path with .onnx or .pt2)")

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import paths
 from .atomic import atomic_path
 from .checkpoint import ModelFile, load_model
 from .errors import UserError
@@ -40,7 +41,7 @@ from .models import ModelSpec
 
 ONNX_FORMAT = "mnistpipe-onnx/1"
 PT2_FORMAT = "mnistpipe-pt2/1"
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+SUFFIXES = paths.EXPORT_SUFFIXES
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # Pinned rather than the exporter's default (which changes with torch versions): 18 is
 # the lowest the torch.export-based exporter implements natively, and runs in

@@ -28,6 +28,10 @@ TRAIN_LOG = Path("logs/train.json")  # machine facts: outside DVC and git
 EVAL_LOG = Path("logs/evaluate.json")
 
 
+# `mnistpipe export` writes models/model.onnx or .pt2 beside the checkpoint, by format.
+EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+
+
 def prepared_files() -> list[Path]:
     """The prepared files training reads (their digest is part of a run's fingerprint)."""
     return [PREPARED / name for name in ("train.pt", "val.pt", "meta.json")]
