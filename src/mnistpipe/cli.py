@@ -98,15 +98,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.fail_if_worse and result.b_worse else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_info(sub) -> None:
     info = sub.add_parser("info", help="describe a trained model")
     info.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (default: %(default)s)")
     info.set_defaults(func=cmd_info)
 
+
+def add_predict(sub) -> None:
     predict = sub.add_parser("predict", help="read the digit in your own image files")
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="image files (.png .jpg .jpeg .bmp .gif .webp) or directories of them")
@@ -117,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show the K most likely digits (default: %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
+
+def add_export(sub) -> None:
     export = sub.add_parser("export", help="export a trained model to ONNX or a torch.export archive")
     export.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (default: %(default)s)")
     export.add_argument("--format", choices=list(paths.EXPORT_SUFFIXES), default="onnx",
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to write (default: the checkpoint's path with .onnx or .pt2)")
     export.set_defaults(func=cmd_export)
 
+
+def add_compare(sub) -> None:
     comp = sub.add_parser("compare", help="is run B better or worse than run A, beyond noise?")
     comp.add_argument("a", nargs="?", default="HEAD", help="git revision, branch or dvc exp name (default: HEAD)")
     comp.add_argument("b", nargs="?", default=None, help="the same, or the workspace if omitted")
@@ -133,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--fail-if-worse", action="store_true",
                       help="exit 1 when B is significantly worse than A (a CI gate)")
     comp.set_defaults(func=cmd_compare)
+
+
+# Each subcommand: a function that adds its parser (and sets `func`, which runs it).
+SUBCOMMANDS = [add_info, add_predict, add_export, add_compare]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnistpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
