@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from full_disk import FullDisk
 
 from mnistpipe import paths
 from mnistpipe.errors import ENVIRONMENT_EXIT, UserError, exit_on_user_error, naming
 from mnistpipe.params import parse_params
 
 from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from full_disk import FullDisk
 
 EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
                     paths.PREDICTIONS, paths.EVAL_LOG]  # the order evaluate writes them in

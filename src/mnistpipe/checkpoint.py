@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .atomic import save_torch
-from .errors import UserError
+from .errors import UserError, naming
 from .models import ModelSpec, build_model
 
 MODEL_FORMAT = "mnistpipe-model/1"
@@ -100,7 +100,7 @@ def load_file(path: Path, what: str, expected: str = "") -> dict[str, Any]:
         raise UserError(f"{path}: {what} not found")
     if path.is_dir():
         raise UserError(f"{path}: a directory, not a {what}{instead}")
-    with open(path, "rb") as f:
+    with naming(path), open(path, "rb") as f:
         why = _not_torch(f.read(64))
     if why:
         raise UserError(f"{path}: not a PyTorch checkpoint ({why}){instead}")
