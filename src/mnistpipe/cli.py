@@ -91,10 +91,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from .compare import compare, format_table, load_run
+    from .compare import compare, format_markdown, format_table, load_run
 
     result = compare(load_run(args.a), load_run(args.b), args.alpha)
-    print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else format_table(result))
+    text = format_markdown(result) if args.md else format_table(result)
+    print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else text)
     return 1 if args.fail_if_worse and result.b_worse else 0
 
 
@@ -130,7 +131,9 @@ def add_compare(sub) -> None:
     comp = sub.add_parser("compare", help="is run B better or worse than run A, beyond noise?")
     comp.add_argument("a", nargs="?", default="HEAD", help="git revision, branch or dvc exp name (default: HEAD)")
     comp.add_argument("b", nargs="?", default=None, help="the same, or the workspace if omitted")
-    comp.add_argument("--json", action="store_true", help="print one JSON document")
+    form = comp.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print one JSON document")
+    form.add_argument("--md", action="store_true", help="print markdown: the verdict first, then the table")
     comp.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     comp.add_argument("--fail-if-worse", action="store_true",
                       help="exit 1 when B is significantly worse than A (a CI gate)")

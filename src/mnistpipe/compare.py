@@ -263,3 +263,37 @@ def format_table(r: Comparison) -> str:
         lines.append(f"no class changed significantly on its own (Holm-corrected, alpha {r.alpha})")
     lines += ["", r.verdict]
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A GitHub-flavoured markdown table of `rows` (dicts with the same keys, in column order)."""
+    header = list(rows[0])
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 (a pipe in a run name would split the row)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row[k]) for k in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_markdown(r: Comparison) -> str:
+    """The comparison as markdown for a pull-request comment: the verdict first, then the table."""
+    rows = [{"run": f"`{name}`", "accuracy": f"{v.accuracy:.4f}", "95% interval": f"{v.ci95[0]:.4f}–{v.ci95[1]:.4f}",
+             "errors": v.errors} for name, v in r.accuracy.items()]
+    mc = r.mcnemar
+    lines = [f"**{r.verdict}**", "", markdown_table(rows), "",
+             f"- difference `{r.b}` - `{r.a}`: {r.difference:+.4f} "
+             f"(95% paired bootstrap {r.difference_ci95[0]:+.4f} to {r.difference_ci95[1]:+.4f})",
+             f"- McNemar (exact): only `{r.a}` right on {mc.only_a_right} images, only `{r.b}` right on "
+             f"{mc.only_b_right}; {p_text(mc.p)}"]
+    if r.seeds is not None:
+        s = r.seeds
+        lines.append(f"- over seeds: mean {s.mean_a:.4f} (n={s.n_a}) vs {s.mean_b:.4f} (n={s.n_b}); "
+                     f"Welch {p_text(s.p)}")
+    if r.per_class_significant:
+        lines += ["", f"Classes that changed significantly (Holm-corrected, alpha {r.alpha}):", "",
+                  markdown_table([{"class": c.label, f"`{r.a}` accuracy": f"{c.accuracy_a:.4f}",
+                                   f"`{r.b}` accuracy": f"{c.accuracy_b:.4f}",
+                                   "p (Holm)": "<1e-300" if c.p_holm < 1e-300 else f"{c.p_holm:.2g}"}
+                                  for c in r.per_class_significant])]
+    else:
+        lines.append(f"- no class changed significantly on its own (Holm-corrected, alpha {r.alpha})")
+    return "\n".join(lines)
