@@ -58,6 +58,10 @@ class EpochRecord:
     val_acc: float
 
 
+# Called with each trained epoch's record and its seconds (a live view of the curves).
+EpochHook = Callable[[EpochRecord, float], None]
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -300,13 +304,13 @@ def _restore(state: TrainingState, resume: Resume | None, epochs: int,
 
 
 def run_training(params: Params, spec: ModelSpec, meta: Meta, train: Split, val: Split,
-                 device: torch.device, resume: Resume | None = None,
+                 device: torch.device, resume: Resume | None = None, on_epoch: EpochHook = lambda r, s: None,
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
     """Train `spec` on `train`, validating on `val` after every epoch; with `resume`,
     continue from that run's checkpoint and leave one after every epoch (the caller deletes it
-    once its outputs are written). A non-finite loss raises UserError (check_finite).
-
-    Under torchrun every rank calls this alike; rank 0 alone logs and writes checkpoints."""
+    once its outputs are written); `on_epoch(record, seconds)` after each trained epoch, in
+    every rank. A non-finite loss raises UserError (check_finite). Under torchrun every rank
+    calls this alike; rank 0 alone logs and writes checkpoints."""
     config = params.train
     world = _check_processes(config.processes)
     if not is_main():
@@ -333,6 +337,7 @@ def run_training(params: Params, spec: ModelSpec, meta: Meta, train: Split, val:
         history.append(EpochRecord(epoch, *(round(v, 6) for v in (train_loss, train_acc, val_loss, val_acc))))
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  {seconds[-1]:.2f}s")
+        on_epoch(history[-1], seconds[-1])
         if resume is not None:
             state.save(resume, epoch, history)
     if not seconds:  # every epoch was done before: the restored weights give the same logits

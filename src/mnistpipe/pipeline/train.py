@@ -6,7 +6,9 @@ finished seed again. The outputs (the models, metrics/train.json, plots/train.cs
 written as one set at the end: a run that fails part-way, a diverged one included, leaves
 the previous files. dvc.yaml keeps them (persist: true), so this stage itself removes the
 models of seeds no longer listed. With train.processes > 1 the stage restarts itself under
-torchrun, one process per rank (DistributedDataParallel); rank 0 alone writes the outputs.
+torchrun, one process per rank (DistributedDataParallel); rank 0 alone writes the outputs. While
+it trains, each epoch adds a row to logs/train_live.csv (mnistpipe.live), outside the outputs;
+on a machine with several GPUs a single-process run leases one of its own (mnistpipe.lease).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ..data.prepared import Meta, Split, load_meta, load_split
 from ..device import choose_device, device_name, make_deterministic, peak_rss_mb
 from ..distributed import close_distributed, init_distributed, is_main, rank_and_world
 from ..errors import UserError
+from ..lease import lease_device
+from ..live import LiveLog
 from ..machine import machine_facts, share_of_cores
 from ..models import ModelSpec, count_parameters, model_spec
 from ..numerics import BUDGET_ENV
@@ -61,15 +65,18 @@ class Prepared:
     data_sha: str
 
 
-def train_and_calibrate(params: Params, seed: int, prepared: Prepared, device) -> tuple[TrainResult, dict | None]:
-    """Train with `seed` (resuming its checkpoint if a killed run left one) and fit the
-    calibration temperature on the validation split; (result, the model file's content),
-    the content None in ranks other than 0. The checkpoint stays until the stage is done."""
+def train_and_calibrate(params: Params, seed: int, prepared: Prepared, device,
+                        live: LiveLog | None = None) -> tuple[TrainResult, dict | None]:
+    """Train with `seed` (resuming its checkpoint if a killed run left one), each epoch's row
+    into `live`, and fit the calibration temperature on the validation split; (result, the
+    model file's content), the content None in ranks other than 0. The checkpoint stays until
+    the stage is done."""
     meta, spec, val = prepared.meta, prepared.spec, prepared.val
     seeded = dataclasses.replace(params, seed=seed)
     resume = Resume(paths.resume_checkpoint(None if seed == params.seed else seed),
                     run_fingerprint(seeded, spec, prepared.data_sha, device))
-    result = run_training(seeded, spec, meta, prepared.train, val, device, resume)
+    on_epoch = (lambda record, seconds: None) if live is None else live.for_seed(seed)
+    result = run_training(seeded, spec, meta, prepared.train, val, device, resume, on_epoch)
     if not is_main():  # rank 0 alone calibrates and writes
         return result, None
     temperature = fit_temperature(result.val_logits, val.labels)  # the last epoch's validation
@@ -104,6 +111,8 @@ def start(params: Params) -> torch.device:
         device = init_distributed(device)
     elif params.train.processes > 1:
         relaunch_under_torchrun(params.train.processes, device)  # does not return
+    else:  # several GPUs: a leased one of its own, so that queued runs in parallel do not share
+        device = lease_device(device)
     make_deterministic(device, params.train.tf32)
     return device
 
@@ -116,16 +125,17 @@ def run(params: Params) -> None:
     prepared = Prepared(meta, load_split(paths.PREPARED, "train"), load_split(paths.PREPARED, "val"),
                         model_spec(params.model, meta.image_shape, meta.num_classes),
                         data_digest(paths.prepared_files()))
+    live = LiveLog().start() if is_main() else None  # rows to watch while training runs
     with output_set() as out:  # rank 0 alone writes into it
         if is_main():  # the folder lists its seeds, so it is never empty (DVC warns about empty outputs)
             out.write_json(paths.SEED_LIST, {"seeds": params.multiseed.seeds})
         for seed in params.multiseed.seeds:
             if is_main():
                 print(f"extra seed {seed}:", file=sys.stderr)
-            model = train_and_calibrate(params, seed, prepared, device)[1]
+            model = train_and_calibrate(params, seed, prepared, device, live)[1]
             if model is not None:
                 out.save_torch(paths.seed_model(seed), model)
-        result, model = train_and_calibrate(params, params.seed, prepared, device)
+        result, model = train_and_calibrate(params, params.seed, prepared, device, live)
         if model is not None:
             write_main_outputs(out, result, model)
     rank, processes = rank_and_world()
