@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mnistpipe.compare import Run, compare, format_markdown
-from mnistpipe.pr_report import MARKER
+from mnistpipe.pr_report import MARKER, collapsed
 
 from conftest import REPO
 from dvc_helpers import commit_all, make_repo, run, set_param
@@ -112,6 +112,15 @@ def test_markdown_puts_the_verdict_first():
     text = format_markdown(compare(a, worse(a)))
     assert text.startswith("**B is worse than A (p = ")
     assert "| `A` | 0.9" in text and "| 3 | " in text  # the accuracy table and the class that changed
+
+
+def test_long_dvc_tables_are_folded_and_empty_ones_say_so():
+    header = "| Path | Param | main | workspace |\n|---|---|---|---|"
+    assert collapsed(header, "params") == "No params changed."
+    short = header + "\n| params.yaml | train.lr | 0.001 | 0.01 |"
+    assert collapsed(short, "params") == short
+    long = header + "\n| metrics/eval.json | x | 1 | 2 |" * 11
+    assert collapsed(long, "metrics").startswith("<details><summary>11 metrics changed")
 
 
 def workflow_steps() -> list[dict]:

@@ -31,15 +31,24 @@ class PullRequestReport:
 
 
 def dvc_diff(kind: str, base: str, head: str | None) -> str:
-    """`dvc params diff BASE [HEAD] --md` (or metrics): a markdown table, '' when nothing changed."""
+    """`dvc params diff BASE [HEAD] --md` (or metrics): a markdown table (a header alone: no change)."""
     cmd = [sys.executable, "-m", "dvc", kind, "diff", base, *([head] if head else []), "--md"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         cause = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise UserError(f"dvc {kind} diff {base} failed ({cause}); run pr-report in the project's git+DVC clone, "
                         "with the base branch fetched (git fetch origin BASE)")
-    table = result.stdout.strip()
-    return table if len(table.splitlines()) > 2 else ""  # a header and its rule: nothing changed
+    return result.stdout.strip()
+
+
+def collapsed(table: str, what: str) -> str:
+    """A dvc diff table; a long one folded away (GitHub renders <details>), so the verdict stays on screen."""
+    rows = len(table.splitlines()) - 2
+    if rows <= 0:
+        return f"No {what} changed."
+    if rows <= 10:
+        return table
+    return f"<details><summary>{rows} {what} changed (click to show)</summary>\n\n{table}\n\n</details>"
 
 
 def figures_text(figures_url: str | None) -> str:
@@ -68,8 +77,8 @@ def build_report(base: str, head: str | None = None, alpha: float = 0.05, fail_i
     revs = " ".join([base, *([head] if head else [])])
     lines += [f"### Test accuracy: `mnistpipe compare {revs}`", "",
               format_markdown(result), "",
-              f"### Params: `dvc params diff {revs}`", "", params or "No params changed.", "",
-              f"### Metrics: `dvc metrics diff {revs}`", "", metrics or "No metrics changed.", "",
+              f"### Params: `dvc params diff {revs}`", "", collapsed(params, "params"), "",
+              f"### Metrics: `dvc metrics diff {revs}`", "", collapsed(metrics, "metrics"), "",
               "### Figures", "", figures_text(figures_url), ""]
     return PullRequestReport("\n".join(lines), failed, result.verdict)
 
