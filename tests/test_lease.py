@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from test_train import Killed, data, kill_after_checkpoint, params, state, train  # noqa: F401  (data is a fixture)
 
 from mnistpipe import lease
 from mnistpipe.errors import UserError
@@ -106,3 +107,31 @@ def test_a_bad_fake_count_and_a_foreign_lease_folder_are_refused(lease_env, monk
     monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
     with pytest.raises(UserError, match="another user"):
         lease.lease_dir()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_resumed_on_a_gpu_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):  # noqa: F811
+    """The checkpoint keeps the training GPU's RNG state (dropout's stream), which a run resumed
+    on another leased GPU restores to its own; on one GPU: the uninterrupted result, bit for bit."""
+    from mnistpipe.device import make_deterministic
+    from mnistpipe.train import Resume
+
+    from conftest import same_weights
+
+    cuda = torch.device("cuda", torch.cuda.device_count() - 1)
+    p = params(epochs=3, device="cuda", arch="cnn", schedule="onecycle", augment=True, lr=0.01)
+    resume = Resume(tmp_path / "resume.pt", "run-a")
+    restore = make_deterministic(cuda)
+    try:
+        full = train(p, data, device=cuda)
+        with monkeypatch.context() as m:
+            kill_after_checkpoint(m, epoch=2)
+            with pytest.raises(Killed):
+                train(p, data, device=cuda, resume=resume)
+        resumed = train(p, data, device=cuda, resume=resume)
+    finally:
+        restore()
+    assert p.model.cnn.dropout > 0 and "cuda" in torch.load(resume.path, weights_only=True)["rng"]
+    assert resumed.resumed_from_epoch == 2 and resumed.history == full.history
+    assert same_weights(state(resumed.model), state(full.model))

@@ -46,7 +46,7 @@ from .evaluate import loss_and_accuracy, predict_logits
 from .models import ModelSpec, build_model
 from .params import AugmentConfig, Params, TrainConfig, as_dict
 
-RESUME_FORMAT = "mnistpipe-resume/1"
+RESUME_FORMAT = "mnistpipe-resume/2"  # 2: the CUDA RNG state is the training GPU's alone
 
 
 @dataclass
@@ -201,8 +201,8 @@ class TrainingState:
     def save(self, resume: Resume, epoch: int, history: list[EpochRecord]) -> None:
         """Every rank calls this; rank 0 writes, with every rank's RNG states."""
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.generator.device.type == "cuda":  # dropout's stream: the training GPU's alone, restored
+            rng["cuda"] = torch.cuda.get_rng_state(self.generator.device)  # to whichever GPU a resumed run leases
         rank, world = rank_and_world()
         ckpt = {
             "format": RESUME_FORMAT, "fingerprint": resume.fingerprint, "epoch": epoch,
@@ -224,8 +224,8 @@ class TrainingState:
         rng = ckpt["rank_rng"][rank_and_world()[0]] if "rank_rng" in ckpt else ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and self.generator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.generator.device)
         return ckpt["epoch"], [EpochRecord(**row) for row in ckpt["history"]]
 
 
