@@ -6,6 +6,7 @@ its own `dvc exp run` and `dvc exp push origin`, which puts the experiment's git
 origin and its cached outputs (the model) in the DVC remote. Then, with both machines
 gone, a fresh clone runs `dvc exp pull origin`, sees both experiments in `dvc exp show`,
 and `dvc exp apply` + `dvc pull` give it machine A's model, byte for byte.
+With `exp.auto_push true` a finished experiment pushes itself, no `dvc exp push` needed.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def exp_table(repo: Path, env: dict) -> dict[str, dict]:
     return table
 
 
-def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
-    # The project as a team shares it: git on `origin`, data in the default DVC remote.
+def share_project(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """The project as a team shares it: git on a bare `origin`, the baseline's data and model
+    in the default DVC remote (a directory). Returns origin, the remote and the environment."""
     origin, remote = tmp_path / "origin.git", tmp_path / "dvc-remote"
     seed, env = make_repo(tmp_path, train={"epochs": 1})
     dvc(seed, env, "remote", "add", "-d", "storage", str(remote))
@@ -61,6 +63,11 @@ def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
     dvc(seed, env, "push")
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     run(["git", "push", "-q", str(origin), "main"], seed, env)
+    return origin, remote, env
+
+
+def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
+    origin, remote, env = share_project(tmp_path)
 
     # Each machine: clone, pull the baseline's data, run one experiment, push it.
     results = {}
@@ -94,3 +101,23 @@ def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
     assert yaml.safe_load((third / "params.yaml").read_text())["train"]["lr"] == MACHINES["machine-a"]
     assert (third / "models/model.pt").read_bytes() == results["machine-a"]["model"]
     assert "up to date" in dvc(third, tenv, "status").stdout
+
+
+def test_with_auto_push_a_finished_experiment_reaches_origin_without_exp_push(tmp_path):
+    origin, remote, env = share_project(tmp_path)
+    machine, menv = clone(origin, tmp_path / "machine-a", env)
+    dvc(machine, menv, "config", "--local", "exp.auto_push", "true")  # exp.git_remote: origin by default
+    dvc(machine, menv, "pull")
+    out = dvc(machine, menv, "exp", "run", "-n", "auto-a", "-S", "train.lr=0.003").stdout
+    assert "Pushing experiment to 'origin'" in out
+    # auto_push only warns when the push fails, so look on origin and in the remote themselves.
+    assert "refs/exps/" in run(["git", "ls-remote", str(origin)], tmp_path, env).stdout
+    assert in_dvc_remote(remote, model_md5(machine))
+    metrics = json.loads((machine / "metrics/eval.json").read_text())
+
+    other, oenv = clone(origin, tmp_path / "machine-b", env)
+    assert "auto-a" in dvc(other, oenv, "exp", "list", "origin").stdout
+    dvc(other, oenv, "exp", "pull", "origin", "auto-a")
+    row = exp_table(other, oenv)["auto-a"]
+    assert row["lr"] == 0.003
+    assert (row["accuracy"], row["loss"]) == (metrics["accuracy"], metrics["loss"])
