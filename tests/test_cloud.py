@@ -33,6 +33,9 @@ def test_task_file_runs_pulls_and_pushes_the_experiment():
     assert "dvc exp push origin" in config["run"]
     assert {k for k, v in config["envs"].items() if v is None} == set(REQUIRED)
     assert config["secrets"] == {"GIT_TOKEN": ""}  # a push token travels as a secret, never in envs
+    for section in ("setup", "run"):
+        syntax = subprocess.run(["bash", "-n"], input=config[section], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{section}: {syntax.stderr}"
 
 
 def test_skypilot_parses_the_task_file():
