@@ -1,8 +1,10 @@
-"""Identical reruns, resume after SIGKILL, and whole-or-nothing outputs, under real `dvc repro`."""
+"""Identical reruns, resume after SIGKILL (a multi-seed run's finished seeds kept), a diverged run
+that changes nothing, and whole-or-nothing outputs, under real `dvc repro`."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import same_weights
@@ -21,6 +24,7 @@ from dvc_helpers import (
     kill_after_first_checkpoint,
     make_repo,
     run,
+    set_param,
     start_in_own_session,
     weights,
 )
@@ -64,7 +68,8 @@ def test_sigkill_during_training_then_repro_resumes_to_identical_result(done, tm
     reference = copy_repo(clone, tmp_path / "reference")
 
     resume = kill_after_first_checkpoint(clone, env, REPRO)
-    assert not (clone / "models/model.pt").exists()
+    # persist: true, and the stage replaces its outputs only when it is done
+    assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
 
     rerun = dvc(clone, env, "repro")
     assert "resuming from models/resume.pt after epoch" in rerun.stderr + rerun.stdout
@@ -87,6 +92,72 @@ def test_checkpoint_from_other_params_is_not_resumed(done, tmp_path):
     rerun = dvc(clone, env, "repro")
     out = rerun.stderr + rerun.stdout
     assert "different config or data; starting fresh" in out and "resuming" not in out
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"the run ended or timed out before writing {path}"
+
+
+def epoch_lines(log: str) -> list[str]:
+    """The lines training prints for an epoch it trains."""
+    return re.findall(r"^epoch +\d+/\d+ .*$", log, re.MULTILINE)
+
+
+def test_killed_multiseed_run_trains_no_finished_seed_again(done, tmp_path):
+    repo, env = done
+    clone = copy_repo(repo, tmp_path / "repo")
+    set_param(clone, "multiseed", "seeds", [1, 2])
+    reference = copy_repo(clone, tmp_path / "reference")
+
+    proc = start_repro(clone, env)
+    wait_for(clone / "models/resume-seed2.pt", proc)  # seed 2 has trained an epoch: seed 1 is done
+    kill(proc)
+    rerun = dvc(clone, env, "repro")
+    log = rerun.stderr + rerun.stdout
+    seed1, rest = log[log.index("extra seed 1:"):log.index("extra seed 2:")], log[log.index("extra seed 2:"):]
+    assert "resuming from models/resume-seed1.pt after epoch 4: every epoch is done" in seed1
+    assert epoch_lines(seed1) == [], "the finished seed was trained again"
+    assert re.search(r"resuming from models/resume-seed2.pt after epoch [123]\n", rest)
+    assert len(epoch_lines(rest)) < 8, "seed 2 resumes; the main seed trains its 4 epochs"
+    assert sorted(p.name for p in (clone / "models").glob("resume*.pt")) == []
+
+    dvc(reference, env, "repro")  # the same change, never interrupted
+    outputs = ["models/model.pt", "models/seeds/seed1.pt", "models/seeds/seed2.pt", "models/seeds/seeds.json",
+               "plots/train.csv", *METRICS]
+    for name in outputs:
+        assert (clone / name).read_bytes() == (reference / name).read_bytes(), name
+
+    set_param(clone, "multiseed", "seeds", [2])  # persist: true, so the stage itself drops seed 1
+    dvc(clone, env, "repro")
+    assert sorted(p.name for p in (clone / "models/seeds").iterdir()) == ["seed2.pt", "seeds.json"]
+    assert list(json.loads((clone / "metrics/seeds.json").read_text())["test_acc"])[1:] == ["2"]
+
+
+def test_diverged_training_fails_with_its_cause_and_changes_nothing(done, tmp_path):
+    repo, env = done
+    clone = copy_repo(repo, tmp_path / "repo")
+    set_param(clone, "train", "optimizer", "sgd")
+    set_param(clone, "train", "lr", 10)
+    # The default batch size: on this data, batches of 2 or 32 leave the loss huge but finite.
+    set_param(clone, "train", "batch_size", 64)
+    kept = ["models/model.pt", "models/seeds/seeds.json", "plots/train.csv", "plots/predictions.csv", *METRICS]
+    before = {name: (clone / name).read_bytes() for name in kept}
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+
+    failed = dvc(clone, env, "repro", check=False)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert re.search(r"train: the (training|validation) loss is (NaN|infinite) after epoch \d+ \(seed 42\): "
+                     r"the run diverged; lower train.lr in params.yaml \(10 is high for sgd", out), out
+    assert "Traceback" not in out and "Running stage 'evaluate'" not in out
+    assert {name: (clone / name).read_bytes() for name in kept} == before
+    after = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    for stage in ("train", "evaluate", "report"):
+        assert after[stage] == lock[stage], stage
+    assert not (clone / "models/resume.pt").exists()
 
 
 def complete(path: Path) -> bool:
