@@ -19,6 +19,7 @@ import torch
 
 from mnistpipe import paths
 from mnistpipe.data.prepared import load_meta, load_split
+from mnistpipe.device import make_deterministic
 from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, split_logits
 from mnistpipe.models import model_spec
 from mnistpipe.params import load_params
@@ -38,9 +39,11 @@ def train_three_times() -> dict:
     spec = model_spec(params.model, meta.image_shape, meta.num_classes)
     runs = {}
     for name, device in [("cpu", "cpu"), ("cuda-1", "cuda"), ("cuda-2", "cuda")]:
+        restore = make_deterministic(torch.device(device), params.train.tf32)  # as the train stage does
         t0 = time.perf_counter()
         result = run_training(params, spec, meta, train, val, torch.device(device), log=lambda s: None)
         seconds = time.perf_counter() - t0
+        restore()
         logits = split_logits(result.model, test, meta.mean, meta.std, device, 10000)
         acc = loss_and_accuracy(logits, test.labels.to(device))[1]
         runs[name] = (result.model, acc, classification_metrics(logits.cpu(), test.labels)[0], result.history)

@@ -4,6 +4,7 @@ holder's lease is free at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -121,6 +122,7 @@ def test_a_run_resumed_on_a_gpu_gives_the_uninterrupted_result(data, tmp_path, m
 
     cuda = torch.device("cuda", torch.cuda.device_count() - 1)
     p = params(epochs=3, device="cuda", arch="cnn", schedule="onecycle", augment=True, lr=0.01)
+    p = dataclasses.replace(p, model=dataclasses.replace(p.model, cnn=dataclasses.replace(p.model.cnn, dropout=0.25)))
     resume = Resume(tmp_path / "resume.pt", "run-a")
     restore = make_deterministic(cuda)
     try:
