@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import paths, pr_report
+from . import experiments, paths, pr_report, sweep
 from .errors import UserError, exit_on_user_error
 
 DEFAULT_MODEL = str(paths.MODEL)
@@ -141,7 +141,8 @@ def add_compare(sub) -> None:
 
 
 # Each subcommand: a function that adds its parser (and sets `func`, which runs it).
-SUBCOMMANDS = [add_info, add_predict, add_export, add_compare, pr_report.add_parser]
+SUBCOMMANDS = [add_info, add_predict, add_export, add_compare, pr_report.add_parser,
+               experiments.add_parser, sweep.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
