@@ -222,4 +222,4 @@ def test_the_cli_command_ends_an_unreadable_file_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mnistpipe.cli", "info", "--model", "/proc/self/mem"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == ENVIRONMENT_EXIT, result.stderr
-    assert result.stderr == "error: Input/output error\n"
+    assert result.stderr == "error: Input/output error: /proc/self/mem\n"

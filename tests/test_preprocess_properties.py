@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -21,8 +21,10 @@ from digit_pictures import (
 # --- property tests: any picture gives a digit or an ImageError -----------------------------------
 
 EXAMPLES = int(os.environ.get("MNISTPIPE_PROPERTY_EXAMPLES", "200"))  # raise it for a longer hunt
-PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+# A fixed seed and no adaptive phases: the same pictures whatever ran before in the process.
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                    phases=[Phase.generate, Phase.shrink])
+SEED = 20_240_601
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "F"]
 FORMATS = {"1": ["PNG", "BMP", "GIF", "TIFF"], "L": ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"],
            "LA": ["PNG", "TIFF"], "P": ["PNG", "GIF", "BMP", "TIFF"],
@@ -52,11 +54,13 @@ def pictures(draw) -> tuple[Image.Image, bool]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     mask = Image.new("L", (w, h))  # 255 where the ink is
     if kind == "figure":
-        fx, fy = (pick(st.floats(-0.3, 0.9), st.floats(0.05, 0.3)) for _ in "xy")  # may cross the border
-        fw, fh = (pick(st.floats(0.05, 1.2), st.floats(0.5, 0.7)) for _ in "wh")
+        fx, fy = (pick(st.floats(-0.3, 0.9), st.floats(0.1, 0.3)) for _ in "xy")  # may cross the border
+        fw, fh = (pick(st.floats(0.05, 1.2), st.floats(0.5, 0.6)) for _ in "wh")
         x0, y0, x1, y1 = fx * w, fy * h, (fx + fw) * w, (fy + fh) * h
-        thickness = pick(st.sampled_from([0, 0, 0.5, 0.8]), st.just(0)) or draw(st.floats(0.08, 0.3))
-        width = max(1, round((y1 - y0) * thickness))  # 1 px (very thin) up to a blob
+        # A clear figure's strokes stay inside the frame: half a stroke is less than the margin.
+        thickness = pick(st.sampled_from([0, 0, 0.5, 0.8]), st.just(0)) or pick(st.floats(0.08, 0.3),
+                                                                                 st.floats(0.08, 0.2))
+        width = max(1, round(min(x1 - x0, y1 - y0) * thickness))  # 1 px (very thin) up to a blob
         shape = pick(st.sampled_from(["4", "7", "1", "0"]), st.sampled_from(["4", "7", "0"]))
         paint = ImageDraw.Draw(mask)
         if shape == "0":
@@ -115,6 +119,7 @@ def test_any_picture_gives_a_digit_or_an_image_error():
     outcomes = Counter()
 
     @PROPERTY
+    @seed(SEED)
     @given(pictures())
     def check(picture):
         image, clear = picture
@@ -132,6 +137,7 @@ def test_any_file_gives_a_digit_or_an_image_error(tmp_path_factory):
     outcomes = Counter()
 
     @PROPERTY
+    @seed(SEED)
     @given(pictures(), st.data())
     def check(picture, data):
         image, _ = picture
