@@ -96,6 +96,36 @@ def output_files(repo: Path, *stages: str) -> list[str]:
     return sorted(found)
 
 
+def tiny_project(root: Path, stages: tuple[str, ...], **sections: dict):
+    """A project folder under `root` on the tiny synthetic dataset, params sections updated from
+    `sections` (e.g. train={"epochs": 2}), with `stages` of mnistpipe.pipeline run in it in-process
+    under the stages' deterministic settings; (its folder, its params)."""
+    import contextlib
+    import importlib
+    import shutil
+
+    import torch
+
+    from mnistpipe import paths
+    from mnistpipe.device import make_deterministic
+
+    raw = tiny_params_raw(write_synthetic_mirror(root / "mirror"))
+    for section, changes in sections.items():
+        raw[section].update(changes)
+    project = root / "project"
+    shutil.copytree(root / "mirror", project / paths.RAW)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    restore = make_deterministic(torch.device("cpu"))
+    try:
+        with contextlib.chdir(project):
+            for stage in stages:
+                importlib.import_module(f"mnistpipe.pipeline.{stage}").run(params)
+    finally:
+        restore()
+    return project, params
+
+
 def repo_params_raw() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

@@ -11,12 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mnistpipe import live, paths
-from mnistpipe.params import parse_params
 
-from conftest import tiny_params_raw, write_synthetic_mirror
+from conftest import tiny_project
 
 OUTPUTS = [paths.MODEL, paths.SEED_MODELS / "seed1.pt", paths.SEED_LIST, paths.TRAIN_METRICS, paths.HISTORY]
 
@@ -51,26 +49,7 @@ def test_dvc_root_names_the_repository_whose_run_folder_gets_the_signal(tmp_path
 @pytest.fixture(scope="module")
 def prepared_project(tmp_path_factory):
     """A project folder with the tiny synthetic data prepared, and its params (2 epochs, an extra seed)."""
-    import torch
-
-    from mnistpipe.device import make_deterministic
-    from mnistpipe.pipeline import prepare
-
-    root = tmp_path_factory.mktemp("live")
-    raw = tiny_params_raw(write_synthetic_mirror(root / "mirror"))
-    raw["train"]["epochs"] = 2
-    raw["multiseed"]["seeds"] = [1]
-    project = root / "project"
-    shutil.copytree(root / "mirror", project / paths.RAW)
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = parse_params(raw)
-    restore = make_deterministic(torch.device("cpu"))
-    try:
-        with contextlib.chdir(project):
-            prepare.run(params)
-    finally:
-        restore()
-    return project, params
+    return tiny_project(tmp_path_factory.mktemp("live"), ("prepare",), train={"epochs": 2}, multiseed={"seeds": [1]})
 
 
 def train_in_copy(prepared_project, dest: Path) -> Path:

@@ -5,7 +5,6 @@ one line naming the file and a non-zero exit, never a traceback; bugs keep their
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import io
 import os
@@ -15,13 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mnistpipe import paths
 from mnistpipe.errors import ENVIRONMENT_EXIT, UserError, exit_on_user_error, naming
-from mnistpipe.params import parse_params
 
-from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from conftest import REPO, tiny_project
 from full_disk import FullDisk
 
 EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
@@ -31,26 +28,7 @@ EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.PER_CLASS, paths.RELIABILITY, path
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A project directory after prepare, train and evaluate on the tiny synthetic dataset."""
-    import torch
-
-    from mnistpipe.device import make_deterministic
-    from mnistpipe.pipeline import evaluate, prepare, train
-
-    root = tmp_path_factory.mktemp("run")
-    raw = tiny_params_raw(write_synthetic_mirror(root / "mirror"))
-    project = root / "project"
-    shutil.copytree(root / "mirror", project / paths.RAW)
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = parse_params(raw)
-    restore = make_deterministic(torch.device("cpu"))
-    try:
-        with contextlib.chdir(project):
-            prepare.run(params)
-            train.run(params)
-            evaluate.run(params)
-    finally:
-        restore()
-    return project, params
+    return tiny_project(tmp_path_factory.mktemp("run"), ("prepare", "train", "evaluate"))
 
 
 @pytest.fixture
@@ -75,6 +53,15 @@ def fill_disk(monkeypatch, disk: FullDisk) -> None:
     monkeypatch.setattr(io, "open", disk)  # what pathlib's write_bytes calls
 
 
+def exit_code_on_full_disk(monkeypatch, stage, params, n: int) -> int:
+    """Run `stage(params)` through the stage boundary with the disk full on the nth write."""
+    fill_disk(monkeypatch, FullDisk(n))
+    with pytest.raises(SystemExit) as exc:
+        exit_on_user_error(stage)(params)
+    monkeypatch.undo()
+    return exc.value.code
+
+
 @pytest.mark.parametrize("n", [1, 3, 5, 6])
 def test_a_full_disk_during_evaluate_leaves_every_previous_file(previous_run, monkeypatch, capsys, n):
     """Acceptance: with the disk full on evaluate's nth write, every file in metrics/ and plots/
@@ -83,11 +70,7 @@ def test_a_full_disk_during_evaluate_leaves_every_previous_file(previous_run, mo
 
     project, params = previous_run
     before = snapshot(project)
-    fill_disk(monkeypatch, FullDisk(n))
-    with pytest.raises(SystemExit) as exc:
-        exit_on_user_error(evaluate.run)(params)
-    monkeypatch.undo()
-    assert exc.value.code == ENVIRONMENT_EXIT
+    assert exit_code_on_full_disk(monkeypatch, evaluate.run, params, n) == ENVIRONMENT_EXIT
     assert snapshot(project) == before
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: No space left on device: {EVALUATE_OUTPUTS[n - 1]}"
@@ -99,11 +82,8 @@ def test_a_full_disk_during_prepare_leaves_the_previous_tensors(previous_run, mo
 
     project, params = previous_run
     before = snapshot(project)
-    fill_disk(monkeypatch, FullDisk(n))
-    with pytest.raises(SystemExit) as exc:
-        exit_on_user_error(prepare.run)(params)
-    monkeypatch.undo()
-    assert exc.value.code == ENVIRONMENT_EXIT and snapshot(project) == before
+    assert exit_code_on_full_disk(monkeypatch, prepare.run, params, n) == ENVIRONMENT_EXIT
+    assert snapshot(project) == before
     assert sorted(p.name for p in (project / "data").iterdir()) == ["prepared", "raw"]
     name = ["train.pt", "val.pt", "test.pt", "meta.json"][n - 1]
     assert capsys.readouterr().err.strip() == f"error: No space left on device: {paths.PREPARED / name}"

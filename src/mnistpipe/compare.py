@@ -240,23 +240,34 @@ def p_text(p: float) -> str:
     return "p < 1e-300" if p < 1e-300 else f"p = {p:.2g}"
 
 
-def format_table(r: Comparison) -> str:
-    rows = [{"run": name, "accuracy": f"{v.accuracy:.4f}", "95% interval": f"{v.ci95[0]:.4f}–{v.ci95[1]:.4f}",
+def _accuracy_rows(r: Comparison, show) -> list[dict]:
+    return [{"run": show(name), "accuracy": f"{v.accuracy:.4f}", "95% interval": f"{v.ci95[0]:.4f}–{v.ci95[1]:.4f}",
              "errors": v.errors} for name, v in r.accuracy.items()]
+
+
+def _findings(r: Comparison, show) -> list[str]:
+    """The paired difference, McNemar's test and, with seeds on both sides, Welch's; run names by `show`."""
     mc = r.mcnemar
-    lines = [pd.DataFrame(rows).to_string(index=False), "",
-             f"difference {r.b} - {r.a}: {r.difference:+.4f} "
+    lines = [f"difference {show(r.b)} - {show(r.a)}: {r.difference:+.4f} "
              f"(95% paired bootstrap {r.difference_ci95[0]:+.4f} to {r.difference_ci95[1]:+.4f})",
-             f"McNemar (exact): only {r.a} right on {mc.only_a_right} images, only {r.b} right on "
+             f"McNemar (exact): only {show(r.a)} right on {mc.only_a_right} images, only {show(r.b)} right on "
              f"{mc.only_b_right}; {p_text(mc.p)}"]
     if r.seeds is not None:
         s = r.seeds
         lines.append(f"over seeds: mean {s.mean_a:.4f} (n={s.n_a}) vs {s.mean_b:.4f} (n={s.n_b}); "
                      f"Welch {p_text(s.p)}")
+    return lines
+
+
+def _p_short(p: float) -> str:
+    return "<1e-300" if p < 1e-300 else f"{p:.2g}"
+
+
+def format_table(r: Comparison) -> str:
+    lines = [pd.DataFrame(_accuracy_rows(r, str)).to_string(index=False), "", *_findings(r, str)]
     if r.per_class_significant:
         table = pd.DataFrame([{"class": c.label, "accuracy_a": c.accuracy_a, "accuracy_b": c.accuracy_b,
-                               "p_holm": "<1e-300" if c.p_holm < 1e-300 else f"{c.p_holm:.2g}"}
-                              for c in r.per_class_significant])
+                               "p_holm": _p_short(c.p_holm)} for c in r.per_class_significant])
         lines += [f"classes that changed significantly (Holm-corrected, alpha {r.alpha}):",
                   table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     else:
@@ -276,23 +287,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 def format_markdown(r: Comparison) -> str:
     """The comparison as markdown for a pull-request comment: the verdict first, then the table."""
-    rows = [{"run": f"`{name}`", "accuracy": f"{v.accuracy:.4f}", "95% interval": f"{v.ci95[0]:.4f}–{v.ci95[1]:.4f}",
-             "errors": v.errors} for name, v in r.accuracy.items()]
-    mc = r.mcnemar
-    lines = [f"**{r.verdict}**", "", markdown_table(rows), "",
-             f"- difference `{r.b}` - `{r.a}`: {r.difference:+.4f} "
-             f"(95% paired bootstrap {r.difference_ci95[0]:+.4f} to {r.difference_ci95[1]:+.4f})",
-             f"- McNemar (exact): only `{r.a}` right on {mc.only_a_right} images, only `{r.b}` right on "
-             f"{mc.only_b_right}; {p_text(mc.p)}"]
-    if r.seeds is not None:
-        s = r.seeds
-        lines.append(f"- over seeds: mean {s.mean_a:.4f} (n={s.n_a}) vs {s.mean_b:.4f} (n={s.n_b}); "
-                     f"Welch {p_text(s.p)}")
+    code = lambda name: f"`{name}`"  # noqa: E731
+    lines = [f"**{r.verdict}**", "", markdown_table(_accuracy_rows(r, code)), "",
+             *(f"- {line}" for line in _findings(r, code))]
     if r.per_class_significant:
         lines += ["", f"Classes that changed significantly (Holm-corrected, alpha {r.alpha}):", "",
                   markdown_table([{"class": c.label, f"`{r.a}` accuracy": f"{c.accuracy_a:.4f}",
-                                   f"`{r.b}` accuracy": f"{c.accuracy_b:.4f}",
-                                   "p (Holm)": "<1e-300" if c.p_holm < 1e-300 else f"{c.p_holm:.2g}"}
+                                   f"`{r.b}` accuracy": f"{c.accuracy_b:.4f}", "p (Holm)": _p_short(c.p_holm)}
                                   for c in r.per_class_significant])]
     else:
         lines.append(f"- no class changed significantly on its own (Holm-corrected, alpha {r.alpha})")

@@ -155,6 +155,8 @@ def table_rows(base: Baseline, params: list[str]) -> list[list[str]]:
 
 
 def page(base: Baseline, panel_list: list[Panel], png_name: str) -> str:
+    from .compare import markdown_table
+
     params = [p.param for p in panel_list]
     header = ["experiment", *params, "test accuracy", "95% interval", "over seeds"]
     lines = [f"# Sweep: test accuracy against {', '.join(params)}", "",
@@ -164,8 +166,7 @@ def page(base: Baseline, panel_list: list[Panel], png_name: str) -> str:
              "baseline commit. Error bars, where multiseed ran: ± one standard deviation of test accuracy "
              "over the training seeds (metrics/seeds.json). The 95% interval is the Wilson interval "
              "of one run's test accuracy.", "", f"![test accuracy against {', '.join(params)}]({png_name})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(base, params)]
+             markdown_table([dict(zip(header, row)) for row in table_rows(base, params)])]
     return "\n".join(lines) + "\n"
 
 
