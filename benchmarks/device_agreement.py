@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mnistpipe import paths
-from mnistpipe.data.prepared import load_meta, load_split
+from mnistpipe.data.prepared import Meta, Split, load_meta, load_split
 from mnistpipe.device import make_deterministic
 from mnistpipe.evaluate import classification_metrics, loss_and_accuracy, split_logits
 from mnistpipe.models import model_spec
@@ -30,8 +30,9 @@ import results  # benchmarks/results.py
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_three_times() -> dict:
-    """params.yaml's run on the CPU, then twice on CUDA: (model, accuracy, metrics, history) each."""
+def train_three_times() -> tuple[dict, Meta, Split]:
+    """params.yaml's run on the CPU, then twice on CUDA: (model, accuracy, metrics, history) each;
+    with the data's constants and the test split."""
     params = load_params(ROOT / paths.PARAMS)
     prepared = ROOT / paths.PREPARED
     meta = load_meta(prepared)
@@ -48,15 +49,14 @@ def train_three_times() -> dict:
         acc = loss_and_accuracy(logits, test.labels.to(device))[1]
         runs[name] = (result.model, acc, classification_metrics(logits.cpu(), test.labels)[0], result.history)
         print(f"{name:7s} test accuracy {acc:.4f}  ({seconds:.1f} s incl. start-up)", file=sys.stderr)
-    return runs
+    return runs, meta, test
 
 
 def worker() -> dict:
     """The comparison, in a process with portable numerics (the CPU run is the one `dvc repro` makes)."""
     if not torch.cuda.is_available():
         return {"lines": ["no CUDA device here: nothing to compare"]}
-    runs = train_three_times()
-    meta, test = load_meta(ROOT / paths.PREPARED), load_split(ROOT / paths.PREPARED, "test")
+    runs, meta, test = train_three_times()
     a, b = runs["cuda-1"][0].state_dict(), runs["cuda-2"][0].state_dict()
     model = runs["cpu"][0]
     cpu = split_logits(model, test, meta.mean, meta.std, "cpu", 10000).argmax(1)
