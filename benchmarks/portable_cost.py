@@ -52,7 +52,7 @@ def worker(way: str, epochs: int) -> dict:
     epoch to warm up; random images, and a validation split too small to matter."""
     _routing = route_to_mkl_through_python() if way == "+ python kernel" else None  # kept while it runs
     if way == "+ oneDNN":
-        numerics.install_onednn_matmuls()
+        numerics.install_portable_kernels()
     make_deterministic(torch.device("cpu"))
     params = load_params(ROOT / paths.PARAMS)
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs + 1))

@@ -157,3 +157,78 @@ def test_portable_refuses_to_run_without_its_matmul_kernel(broken):
     assert out.returncode == 2 and "ran portable" not in out.stdout
     assert "error: numerics: portable" in out.stderr and "numerics: fast" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# The quick and accurate CNN recipes' convolutions (3x3, padding 1, no bias) on two images:
+# (channels in, channels out, image side). The weight gradient sums over 2 x 28 x 28 = 1,568
+# terms, more than one block.
+CONVOLUTIONS = [(1, 16, 28), (16, 32, 14), (1, 32, 28), (32, 64, 14)]
+
+CONVOLUTION_PROGRAM = """
+import json, sys
+from mnistpipe.numerics import pin
+pin("portable")
+import torch
+torch.manual_seed(0)
+out = []
+for c, o, side in json.loads(sys.argv[1]):
+    x = torch.randn(2, c, side, side, requires_grad=True)
+    w = (torch.randn(o, c, 3, 3) / (3 * c ** 0.5)).requires_grad_()
+    y = torch.nn.functional.conv2d(x, w, padding=1)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    out.append({k: v.tolist() for k, v in dict(x=x, w=w, y=y, grad=grad, grad_x=x.grad, grad_w=w.grad).items()})
+x = torch.randn(4, 8, 10, 10).clamp(min=0)  # ReLU'd: many tied zeros in a window
+pool, at = torch.nn.functional.max_pool2d_with_indices(x, 2)
+own = torch.ops.aten.max_pool2d_with_indices.out(x, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                 out=x.new_empty(0), indices=x.new_empty(0, dtype=torch.long))
+print(json.dumps({"convolutions": out, "max_pool_as_atens": torch.equal(pool, own[0]) and torch.equal(at, own[1])}))
+"""
+
+
+def windows(x: np.ndarray) -> np.ndarray:
+    """The (channel, ky, kx) x (image, y, x) matrix of 3x3 windows of x, zero-padded by 1."""
+    n, c, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    rows = [padded[:, ch, ky:ky + h, kx:kx + w].reshape(-1) for ch in range(c) for ky in range(3) for kx in range(3)]
+    return np.stack(rows)
+
+
+def add_back(shares: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The input gradient from each window position's share (rows as in `windows`): added into the
+    zero-padded image one kernel position (ky, kx) at a time, in order, in float32."""
+    n, c, h, w = shape
+    padded = np.zeros((n, c, h + 2, w + 2), np.float32)
+    per_position = shares.reshape(c, 3, 3, n, h, w)
+    for ky in range(3):
+        for kx in range(3):
+            padded[:, :, ky:ky + h, kx:kx + w] += per_position[:, ky, kx].transpose(1, 0, 2, 3)
+    return padded[:, :, 1:-1, 1:-1]
+
+
+@pytest.fixture(scope="module")
+def convolutions() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDDEN_PREFIXES)}
+    result = subprocess.run([sys.executable, "-c", CONVOLUTION_PROGRAM, json.dumps(CONVOLUTIONS)], env=env,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("index", range(len(CONVOLUTIONS)), ids=[f"{c}->{o} on {s}x{s}" for c, o, s in CONVOLUTIONS])
+def test_portable_convolutions_are_products_of_windows(convolutions, index):
+    """Forward: weights (out x (channel, ky, kx)) @ windows, each output the blocked chain.
+    Backward: the weight gradient grad @ windows.T (a chain over image, y, x); the input's,
+    weights.T @ grad added back window position by window position."""
+    case = {k: np.array(v, np.float32) for k, v in convolutions["convolutions"][index].items()}
+    x, w = case["x"], case["w"]
+    o = w.shape[0]
+    cols = windows(x)
+    grad_rows = case["grad"].transpose(1, 0, 2, 3).reshape(o, -1)
+    expected_y = blocked_fma_chain(w.reshape(o, -1), cols).reshape(o, x.shape[0], *x.shape[2:]).transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(case["y"], expected_y)
+    np.testing.assert_array_equal(case["grad_w"], blocked_fma_chain(grad_rows, cols.T).reshape(w.shape))
+    np.testing.assert_array_equal(case["grad_x"], add_back(blocked_fma_chain(w.reshape(o, -1).T, grad_rows), x.shape))
+
+
+def test_portable_max_pooling_gives_atens_maxima_and_indices(convolutions):
+    assert convolutions["max_pool_as_atens"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
@@ -12,6 +13,24 @@ def share_of_cores(workers: int) -> int:
     """Threads per process when `workers` processes share the cores this one may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // workers)
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse rather than give them back
+    to the system. A CNN's training step frees and allocates activations of several MiB; getting
+    them back from the system, page fault by page fault, cost more than its arithmetic (a quick-CNN
+    step on this project's 2-core machine: 73 ms with the defaults, 55 ms so). No result changes.
+    Elsewhere than glibc (macOS, musl) the allocator's defaults stay."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks under 32 MiB (glibc's maximum) from the heap...
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # ...which keeps up to 1 GiB of freed memory
 
 
 def _search(pattern: str, text: str) -> str | None:

@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 from .errors import UserError
+from .machine import keep_freed_memory
 
 MODES = ("portable", "fast")
 THREADS = 2  # 3 threads give other bits: MKL and ATen's reductions split sums by thread
@@ -47,12 +48,14 @@ def thread_budget(mode: str) -> int | None:
 
 
 def pin(mode: str) -> None:
-    """Put the math libraries on `mode`'s code paths. Call before torch is imported.
+    """Put the math libraries on `mode`'s code paths, and the allocator on keeping freed memory
+    (in both modes). Call before torch is imported.
 
     Raises PortableUnavailable when this torch cannot run portable mode's kernels."""
     if mode not in MODES:
         raise ValueError(f"unknown numerics mode {mode!r}")
     threads = thread_budget(mode)
+    keep_freed_memory()
     if mode == "fast":
         if threads is not None:
             os.environ["OMP_NUM_THREADS"] = str(threads)  # read as torch loads
@@ -67,17 +70,18 @@ def pin(mode: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = False  # oneDNN's convolutions split their sums by thread
-    # NNPACK would run convolutions' forward pass with its own thread pool and unverified bits.
+    # Convolutions the column kernels do not take stay on ATen's own: not oneDNN's, whose
+    # sums split by thread, nor NNPACK's, with its own thread pool and unverified bits.
+    torch.backends.mkldnn.enabled = False
     torch.backends.nnpack.set_flags(False)
-    install_onednn_matmuls()
+    install_portable_kernels()
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"warning: this CPU runs ATen's {torch.backends.cpu.get_cpu_capability()} kernels, "
               "not AVX2: results repeat on this machine but may differ from AVX2 machines",
               file=sys.stderr)
 
 
-_matmul_overrides = None  # the registration lives as long as this object
+_overrides = None  # the registrations live as long as this object
 
 
 def onednn_linear():
@@ -89,14 +93,17 @@ def onednn_linear():
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
-def install_onednn_matmuls() -> None:
+def install_portable_kernels() -> None:
     """Give ATen's float32 CPU matrix products (`mm`, `addmm`) to oneDNN's AVX2 matmul, whose
-    sums are index-order chains; check that a product really goes there, or raise.
+    sums are index-order chains, and its 2-D convolutions to matrix products of sliding
+    windows (`_column_convolution`); check that a product and a convolution really go
+    there, or raise.
 
     MKL's COMPATIBLE branch is slower and, for small products, gives other bits with 1
-    thread than with 2. Autograd calls `mm` too, so backward passes take the same path."""
-    global _matmul_overrides
-    if _matmul_overrides is not None:
+    thread than with 2. Autograd calls `mm` and `convolution_backward` too, so backward
+    passes take the same paths."""
+    global _overrides
+    if _overrides is not None:
         return
     linear = onednn_linear()
     if linear is None:
@@ -107,13 +114,17 @@ def install_onednn_matmuls() -> None:
     import torch
 
     lib = torch.library.Library("aten", "IMPL")
-    calls = _register_products(lib, linear)
-    _matmul_overrides = lib
+    products = _register_products(lib, linear)
+    convolutions = _register_convolutions(lib)
+    _overrides = lib
     a = torch.ones(3, 4)
-    if calls() != 0 or not torch.equal(a @ a.t(), torch.full((3, 3), 4.0)) or calls() != 1:
-        _matmul_overrides = None
-        raise PortableUnavailable("numerics: portable could not route matrix products to oneDNN in this "
-                                  "torch build; install the torch in constraints.txt, or set `numerics: fast`")
+    routed = products() == 0 and torch.equal(a @ a.t(), torch.full((3, 3), 4.0)) and products() == 1
+    window = torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3), padding=1)
+    if not routed or convolutions() != 1 or window[0, 0, 1, 1] != 9.0 or products() != 2:
+        _overrides = None
+        raise PortableUnavailable("numerics: portable could not route matrix products and convolutions "
+                                  "to its kernels in this torch build; install the torch in constraints.txt, "
+                                  "or set `numerics: fast`")
 
 
 def _register_products(lib, linear):
@@ -162,6 +173,96 @@ def _chain(linear, a, b, bias):
     return out[:m, :n].contiguous() if m == 1 or n == 1 else out
 
 
+def _register_convolutions(lib):
+    """Register `convolution` and `convolution_backward` kernels on `lib` for float32 2-D
+    convolutions without groups or dilation (the CNN's; others keep ATen's own kernels), and
+    max-pooling's. Returns a counter of the convolutions they took."""
+    import torch
+
+    count = [0]
+    aten_own = torch._C.DispatchKey.CompositeExplicitAutograd
+    forward_op, backward_op = torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default
+
+    def handled(x, weight, dilation, transposed, groups) -> bool:
+        return (x.dtype == weight.dtype == torch.float32 and x.dim() == 4 and not transposed
+                and groups == 1 and list(dilation) == [1, 1])
+
+    def convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+        if not handled(x, weight, dilation, transposed, groups):
+            return forward_op._op_dk(aten_own, x, weight, bias, stride, padding, dilation, transposed,
+                                     output_padding, groups)
+        count[0] += 1
+        return _column_convolution(x, weight, bias, stride, padding)
+
+    def convolution_backward(grad, x, weight, bias_sizes, stride, padding, dilation, transposed,
+                             output_padding, groups, mask):
+        if not handled(x, weight, dilation, transposed, groups):
+            return backward_op._op_dk(aten_own, grad, x, weight, bias_sizes, stride, padding, dilation,
+                                      transposed, output_padding, groups, mask)
+        return _column_convolution_backward(grad, x, weight, stride, padding, mask)
+
+    def max_pool(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+        """ATen's max-pooling in channels-last layout, where its kernel is vectorized: the same
+        maxima and indices (a maximum is exact), several times faster than on NCHW."""
+        layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+        x = x.contiguous(memory_format=layout)
+        out, indices = x.new_empty(0), x.new_empty(0, dtype=torch.int64)
+        torch.ops.aten.max_pool2d_with_indices.out(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                                   out=out, indices=indices)  # .out: ATen's own kernel
+        return out.contiguous(), indices.contiguous()
+
+    with warnings.catch_warnings():  # "overriding a previously registered kernel": intended
+        warnings.simplefilter("ignore")
+        lib.impl("convolution", convolution, "CPU")
+        lib.impl("convolution_backward", convolution_backward, "CPU")
+        lib.impl("max_pool2d_with_indices", max_pool, "CPU")
+    return lambda: count[0]
+
+
+def _windows(x, kernel, stride, padding):
+    """x's sliding windows as a matrix, row (channel, ky, kx) by column (image, y, x), so that a
+    convolution is one product with the weights as a (out channels x row) matrix; and the
+    output's height and width."""
+    import torch.nn.functional as F
+
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # n c oh ow kh kw
+    return windows.permute(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1), windows.shape[2:4]
+
+
+def _column_convolution(x, weight, bias, stride, padding):
+    """The convolution as the product weights @ windows: each output a chain over (channel, ky, kx)."""
+    out_channels = weight.shape[0]
+    columns, (oh, ow) = _windows(x, weight.shape[2:], stride, padding)
+    out = weight.reshape(out_channels, -1).mm(columns)
+    if bias is not None:
+        out += bias[:, None]
+    return out.view(out_channels, x.shape[0], oh, ow).permute(1, 0, 2, 3).contiguous()
+
+
+def _column_convolution_backward(grad, x, weight, stride, padding, mask):
+    """Gradients of `_column_convolution`: of the weights, grad @ windows.T, a chain over (image,
+    y, x); of the input, weights.T @ grad, each window's share then added back into the image
+    one kernel position (ky, kx) at a time, in order; of the bias, grad's sums over a column of ones."""
+    out_channels, channels, kh, kw = weight.shape
+    n, _, oh, ow = grad.shape
+    grad_rows = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)
+    grad_x = grad_weight = grad_bias = None
+    if mask[0]:
+        shares = weight.reshape(out_channels, -1).t().mm(grad_rows).view(channels, kh, kw, n, oh, ow)
+        (sh, sw), (ph, pw) = stride, padding
+        padded = x.new_zeros(channels, n, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+        for i in range(kh):
+            for j in range(kw):
+                padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += shares[:, i, j]
+        grad_x = padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]].permute(1, 0, 2, 3).contiguous()
+    if mask[1]:
+        grad_weight = grad_rows.mm(_windows(x, (kh, kw), stride, padding)[0].t()).view_as(weight)
+    if mask[2]:
+        grad_bias = grad_rows.mm(grad_rows.new_ones(grad_rows.shape[1], 1)).view(out_channels)
+    return grad_x, grad_weight, grad_bias
+
+
 def facts(mode: str) -> dict[str, Any]:
     """What the math libraries ran in this process: for logs, never for metrics."""
     import torch
@@ -172,6 +273,7 @@ def facts(mode: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
-        "convolutions": "oneDNN" if torch.backends.mkldnn.enabled else "ATen im2col + MKL GEMM",
-        "float32_matmul": "oneDNN AVX2 (index-order chains)" if _matmul_overrides is not None else "MKL",
+        "convolutions": ("sliding windows x oneDNN AVX2 matmul (index-order chains)" if _overrides is not None
+                         else "oneDNN" if torch.backends.mkldnn.enabled else "ATen im2col + MKL GEMM"),
+        "float32_matmul": "oneDNN AVX2 (index-order chains)" if _overrides is not None else "MKL",
     }
