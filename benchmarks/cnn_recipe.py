@@ -1,15 +1,18 @@
-"""The CNN recipe: training time and test accuracy over seeds, beside the old recipe's time.
+"""The CNN recipe: training time and test accuracy over seeds, portable beside fast numerics.
 
 Each seed trains in its own process with the numerics mode of params.yaml (portable by
 default), on data/prepared (run `dvc repro prepare` first), with params.yaml plus the
 recipe's overrides, exactly as `dvc exp run -S ...` with those overrides would. Prints
-per seed the training time and test accuracy, then the median time, the mean ± std and
-the minimum of the accuracy, and whether the recipe reached 99.5%. The old recipe (the
-accurate 12-epoch recipe of docs/cnn.md) is timed on its first --old-epochs epochs and extrapolated.
+per seed the training time, test accuracy and peak memory, then the median time, the
+mean ± std and the minimum of the accuracy, and whether the recipe reached 99.5%.
+The first --fast-seeds seeds also train in `fast` numerics, each right after its portable
+run, so that the two modes' times per epoch (and their ratio) come from the same minutes.
+The old recipe (the accurate 12-epoch recipe of docs/cnn.md) is timed on its first
+--old-epochs epochs and extrapolated.
 
-    python benchmarks/cnn_recipe.py                    # 5 seeds of the recipe + the old one
-    python benchmarks/cnn_recipe.py --seeds 1 --old-epochs 0 --set train.epochs=4
-    python benchmarks/cnn_recipe.py --seeds 1,2,42 --old-epochs 0 --set train.lr=0.005
+    python benchmarks/cnn_recipe.py                    # 5 seeds (2 also fast) + the old recipe
+    python benchmarks/cnn_recipe.py --seeds 1 --old-epochs 0 --set train.epochs=1   # one epoch each way
+    python benchmarks/cnn_recipe.py --seeds 1,2,42 --fast-seeds 0 --old-epochs 0 --set train.lr=0.005
     python benchmarks/cnn_recipe.py --profile 12800    # where one epoch's time goes
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import resource
 import statistics
 import sys
 import time
@@ -76,7 +80,8 @@ def worker(overrides: dict, seed: int, profile: int = 0) -> dict | None:
     logits = split_logits(result.model, test, meta.mean, meta.std, device, 2000)
     accuracy = loss_and_accuracy(logits, test.labels.to(device))[1]
     return {"seed": seed, "train_s": seconds, "epoch_s": result.seconds_per_epoch, "test_acc": accuracy,
-            "epochs": params.train.epochs, "threads": torch.get_num_threads()}
+            "epochs": params.train.epochs, "threads": torch.get_num_threads(), "numerics": params.numerics,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def profile_epoch(params, spec, meta, train, val, device) -> None:
@@ -96,6 +101,7 @@ def run(overrides: dict, seed: int, profile: int = 0) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="5", help="N: seeds 1..N; or a list, e.g. 1,2,42")
+    ap.add_argument("--fast-seeds", type=int, default=2, help="how many of the seeds also train in fast numerics")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the recipe, e.g. train.epochs=10 (YAML values)")
     ap.add_argument("--old-epochs", type=int, default=2, help="epochs of the old recipe to time (0: skip)")
@@ -107,20 +113,10 @@ def main() -> None:
     if args.profile:
         run(recipe, 1, args.profile)
         return
-    runs = []
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else range(1, int(args.seeds) + 1)
-    for seed in seeds:
-        runs.append(run(recipe, seed))
-        r = runs[-1]
-        print(f"seed {seed}: {r['train_s']:.1f} s ({statistics.median(r['epoch_s']):.1f} s/epoch, "
-              f"{r['epochs']} epochs, {r['threads']} threads), test accuracy {r['test_acc']:.4f}", flush=True)
-    accs = [r["test_acc"] for r in runs]
-    median_s = statistics.median(r["train_s"] for r in runs)
-    spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
-    reached = statistics.mean(accs) >= 0.995
-    print(f"recipe: median training {median_s:.1f} s; test accuracy {spread} (min {min(accs):.4f}); "
-          f"mean {'reached' if reached else 'did not reach'} 99.5%"
-          + (f" in {median_s:.1f} s (median)" if reached else ""))
+    runs, fast = train_seeds(recipe, list(seeds), args.fast_seeds)
+    summary = summarize(runs, fast)
+    print(summary.text)
     old_line = ""
     if args.old_epochs:
         old = run({**OLD, "train.epochs": args.old_epochs}, 1)  # its epochs all take about as long
@@ -128,18 +124,70 @@ def main() -> None:
         old_line = f"{per_epoch:.1f} s/epoch x {epochs} = {epochs * per_epoch:.0f} s (timed {args.old_epochs} epochs)"
         print(f"old recipe ([32, 64] fc128, batch 128, {epochs} epochs): {old_line}")
     if args.record:
-        record(recipe, runs, median_s, spread, min(accs), old_line)
+        record(recipe, runs, summary, old_line)
 
 
-def record(recipe: dict, runs: list[dict], median_s: float, spread: str, low: float, old_line: str) -> None:
-    header = ("| date | machine | numerics, threads | recipe | seeds | median training s | s/epoch | "
-              "test accuracy mean ± std (min) | old recipe |\n|---|---|---|---|---|---|---|---|---|\n")
+def train_seeds(recipe: dict, seeds: list[int], fast_seeds: int) -> tuple[list[dict], list[dict]]:
+    """Each seed in the recipe's numerics, the first `fast_seeds` of them then again in fast."""
+    runs, fast = [], []
+    for i, seed in enumerate(seeds):
+        runs.append(run(recipe, seed))
+        print(describe(runs[-1]), flush=True)
+        if i < fast_seeds:
+            fast.append(run({**recipe, "numerics": "fast"}, seed))
+            print(describe(fast[-1]), flush=True)
+    return runs, fast
+
+
+def describe(r: dict) -> str:
+    return (f"seed {r['seed']} ({r['numerics']}): {r['train_s']:.1f} s ({statistics.median(r['epoch_s']):.1f} s/epoch, "
+            f"{r['epochs']} epochs, {r['threads']} threads), test accuracy {r['test_acc']:.4f}, "
+            f"peak memory {r['peak_rss_mb']:.0f} MB")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    text: str
+    median_s: float
+    spread: str  # mean ± std of the test accuracy
+    low: float  # its minimum
+    epoch_s: float  # median seconds per epoch, recipe's numerics
+    fast_epoch_s: float | None  # the same in fast numerics
+    ratio: float | None  # recipe's numerics / fast, per epoch, over the seeds that ran both ways
+    peak_rss_mb: float
+
+
+def summarize(runs: list[dict], fast: list[dict]) -> Summary:
+    accs = [r["test_acc"] for r in runs]
+    median_s = statistics.median(r["train_s"] for r in runs)
+    spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
+    reached = statistics.mean(accs) >= 0.995
+    text = (f"recipe: median training {median_s:.1f} s; test accuracy {spread} (min {min(accs):.4f}); mean "
+            + (f"reached 99.5% in {median_s:.1f} s (median)" if reached else "did not reach 99.5%"))
     epoch_s = statistics.median(s for r in runs for s in r["epoch_s"])
+    fast_epoch_s = statistics.median(s for r in fast for s in r["epoch_s"]) if fast else None
+    peak = max(r["peak_rss_mb"] for r in runs)
+    text += f"\nper epoch: {runs[0]['numerics']} {epoch_s:.2f} s (median of {sum(len(r['epoch_s']) for r in runs)})"
+    ratio = None
+    if fast_epoch_s:
+        same = statistics.median(s for r in runs[:len(fast)] for s in r["epoch_s"])  # the seeds run both ways
+        ratio = same / fast_epoch_s
+        text += f"; on the same seeds {same:.2f} s against fast {fast_epoch_s:.2f} s: {ratio:.2f}x"
+    text += f"; peak memory {peak:.0f} MB" + (f" (fast {max(r['peak_rss_mb'] for r in fast):.0f} MB)" if fast else "")
+    return Summary(text, median_s, spread, min(accs), epoch_s, fast_epoch_s, ratio, peak)
+
+
+def record(recipe: dict, runs: list[dict], summary: Summary, old_line: str) -> None:
+    header = ("| date | machine | numerics, threads | recipe | seeds | median training s | s/epoch | fast s/epoch "
+              "(ratio) | peak memory MB | test accuracy mean ± std (min) | old recipe |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|\n")
     changes = ", ".join(f"{k}={v}" for k, v in recipe.items())
-    row = (f"| {datetime.date.today()} | {results.machine()} | {recipe_params(recipe).numerics}, "
-           f"{runs[0]['threads']} | {changes} | {len(runs)} | {median_s:.1f} | {epoch_s:.1f} | "
-           f"{spread} ({low:.4f}) | {old_line or '-'} |\n")
-    results.add_row("cnn_recipe rows", header, row, "## CNN recipe (`python benchmarks/cnn_recipe.py`)")
+    fast = f"{summary.fast_epoch_s:.2f} ({summary.ratio:.2f}x)" if summary.ratio else "-"
+    row = (f"| {datetime.date.today()} | {results.machine()} | {runs[0]['numerics']}, {runs[0]['threads']} | "
+           f"{changes} | {len(runs)} | {summary.median_s:.1f} | {summary.epoch_s:.2f} | {fast} | "
+           f"{summary.peak_rss_mb:.0f} | {summary.spread} ({summary.low:.4f}) | {old_line or '-'} |\n")
+    results.add_row("cnn_recipe rows beside fast", header, row,
+                    "## CNN recipe, portable beside fast (`python benchmarks/cnn_recipe.py --record`)")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,13 @@ x = torch.randn(4, 8, 10, 10).clamp(min=0)  # ReLU'd: many tied zeros in a windo
 pool, at = torch.nn.functional.max_pool2d_with_indices(x, 2)
 own = torch.ops.aten.max_pool2d_with_indices.out(x, [2, 2], [2, 2], [0, 0], [1, 1], False,
                                                  out=x.new_empty(0), indices=x.new_empty(0, dtype=torch.long))
-print(json.dumps({"convolutions": out, "max_pool_as_atens": torch.equal(pool, own[0]) and torch.equal(at, own[1])}))
+from mnistpipe import numerics
+x, w = torch.randn(50, 16, 14, 14), torch.randn(32, 16, 3, 3)
+whole = torch.nn.functional.conv2d(x, w, padding=1)
+numerics.WINDOW_FLOATS = 7 * 16 * 9 * 14 * 14  # 7 images at a time
+chunked = torch.equal(torch.nn.functional.conv2d(x, w, padding=1), whole)
+print(json.dumps({"convolutions": out, "max_pool_as_atens": torch.equal(pool, own[0]) and torch.equal(at, own[1]),
+                  "chunked_as_whole": chunked}))
 """
 
 
@@ -232,3 +238,7 @@ def test_portable_convolutions_are_products_of_windows(convolutions, index):
 
 def test_portable_max_pooling_gives_atens_maxima_and_indices(convolutions):
     assert convolutions["max_pool_as_atens"] is True
+
+
+def test_a_large_batch_convolves_in_chunks_with_the_same_bits(convolutions):
+    assert convolutions["chunked_as_whole"] is True

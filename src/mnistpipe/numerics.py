@@ -201,22 +201,24 @@ def _register_convolutions(lib):
                                       transposed, output_padding, groups, mask)
         return _column_convolution_backward(grad, x, weight, stride, padding, mask)
 
-    def max_pool(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-        """ATen's max-pooling in channels-last layout, where its kernel is vectorized: the same
-        maxima and indices (a maximum is exact), several times faster than on NCHW."""
-        layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
-        x = x.contiguous(memory_format=layout)
-        out, indices = x.new_empty(0), x.new_empty(0, dtype=torch.int64)
-        torch.ops.aten.max_pool2d_with_indices.out(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                                   out=out, indices=indices)  # .out: ATen's own kernel
-        return out.contiguous(), indices.contiguous()
-
     with warnings.catch_warnings():  # "overriding a previously registered kernel": intended
         warnings.simplefilter("ignore")
         lib.impl("convolution", convolution, "CPU")
         lib.impl("convolution_backward", convolution_backward, "CPU")
-        lib.impl("max_pool2d_with_indices", max_pool, "CPU")
+        lib.impl("max_pool2d_with_indices", _channels_last_max_pool, "CPU")
     return lambda: count[0]
+
+
+def _channels_last_max_pool(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """ATen's max-pooling in channels-last layout, where its kernel is vectorized: the same maxima
+    and indices (a maximum is exact), several times faster than on NCHW."""
+    import torch
+
+    x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
+    out, indices = x.new_empty(0), x.new_empty(0, dtype=torch.int64)
+    torch.ops.aten.max_pool2d_with_indices.out(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                               out=out, indices=indices)  # .out: ATen's own kernel
+    return out.contiguous(), indices.contiguous()
 
 
 def _windows(x, kernel, stride, padding):
@@ -230,14 +232,25 @@ def _windows(x, kernel, stride, padding):
     return windows.permute(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1), windows.shape[2:4]
 
 
+# Images per product in a forward pass: at most 4 Mi floats (16 MiB) of windows at a time. Each
+# output is a chain over one image's window, so splitting the batch changes no bit; evaluating
+# 10,000 images at once would otherwise build gigabytes of windows.
+WINDOW_FLOATS = 1 << 22
+
+
 def _column_convolution(x, weight, bias, stride, padding):
     """The convolution as the product weights @ windows: each output a chain over (channel, ky, kx)."""
-    out_channels = weight.shape[0]
-    columns, (oh, ow) = _windows(x, weight.shape[2:], stride, padding)
-    out = weight.reshape(out_channels, -1).mm(columns)
-    if bias is not None:
-        out += bias[:, None]
-    return out.view(out_channels, x.shape[0], oh, ow).permute(1, 0, 2, 3).contiguous()
+    out_channels, _, kh, kw = weight.shape
+    oh, ow = ((size + 2 * pad - k) // s + 1 for size, pad, k, s in zip(x.shape[2:], padding, (kh, kw), stride))
+    out = x.new_empty(x.shape[0], out_channels, oh, ow)
+    step = max(1, WINDOW_FLOATS // (weight[0].numel() * oh * ow))
+    for start in range(0, x.shape[0], step):
+        columns = _windows(x[start:start + step], (kh, kw), stride, padding)[0]
+        part = weight.reshape(out_channels, -1).mm(columns)
+        if bias is not None:
+            part += bias[:, None]
+        out[start:start + step] = part.view(out_channels, -1, oh, ow).permute(1, 0, 2, 3)
+    return out
 
 
 def _column_convolution_backward(grad, x, weight, stride, padding, mask):

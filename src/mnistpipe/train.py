@@ -250,7 +250,7 @@ def build_state(params: Params, spec: ModelSpec, n_train: int, device: torch.dev
     torch.manual_seed(params.seed)
     model = build_model(spec).to(device)
     if spec.arch == "cnn" and (device.type != "cpu" or torch.backends.mkldnn.enabled):
-        # NHWC suits cuDNN and oneDNN; without oneDNN (portable numerics) ATen's NHWC convolution is slow.
+        # NHWC suits cuDNN and oneDNN; portable numerics keeps NCHW, the layout its kernels are defined in.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params.train)
     rank = rank_and_world()[0]
