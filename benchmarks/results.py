@@ -42,6 +42,7 @@ def _work(script: str, numerics: str, job: str) -> None:
     pin(numerics)
     spec = importlib.util.spec_from_file_location(Path(script).stem, script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     print(json.dumps(module.worker(**json.loads(job))))
 

@@ -236,10 +236,22 @@ def _windows(x, kernel, stride, padding):
 # output is a chain over one image's window, so splitting the batch changes no bit; evaluating
 # 10,000 images at once would otherwise build gigabytes of windows.
 WINDOW_FLOATS = 1 << 22
+# A training batch's windows, kept from the forward pass for the backward pass's weight gradient
+# (building them again cost a tenth of a step), by the identity of the input, which each entry
+# holds so that no other tensor can take its address meanwhile. A few entries at most: a forward
+# pass without a backward one leaves its entries to be pushed out.
+_kept_windows: dict[tuple, tuple] = {}
+KEPT_WINDOWS = 8
+
+
+def _identity(x, kernel, stride, padding) -> tuple:
+    return x.data_ptr(), x._version, tuple(x.shape), tuple(x.stride()), tuple(kernel), tuple(stride), tuple(padding)
 
 
 def _column_convolution(x, weight, bias, stride, padding):
     """The convolution as the product weights @ windows: each output a chain over (channel, ky, kx)."""
+    import torch
+
     out_channels, _, kh, kw = weight.shape
     oh, ow = ((size + 2 * pad - k) // s + 1 for size, pad, k, s in zip(x.shape[2:], padding, (kh, kw), stride))
     out = x.new_empty(x.shape[0], out_channels, oh, ow)
@@ -250,6 +262,10 @@ def _column_convolution(x, weight, bias, stride, padding):
         if bias is not None:
             part += bias[:, None]
         out[start:start + step] = part.view(out_channels, -1, oh, ow).permute(1, 0, 2, 3)
+    if step >= x.shape[0] and weight.requires_grad and torch.is_grad_enabled():
+        while len(_kept_windows) >= KEPT_WINDOWS:
+            del _kept_windows[next(iter(_kept_windows))]
+        _kept_windows[_identity(x, (kh, kw), stride, padding)] = (x, columns)
     return out
 
 
@@ -269,8 +285,10 @@ def _column_convolution_backward(grad, x, weight, stride, padding, mask):
             for j in range(kw):
                 padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += shares[:, i, j]
         grad_x = padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]].permute(1, 0, 2, 3).contiguous()
-    if mask[1]:
-        grad_weight = grad_rows.mm(_windows(x, (kh, kw), stride, padding)[0].t()).view_as(weight)
+    if mask[1]:  # as (windows @ grad.T).T: the same chains, and oneDNN splits this shape over threads
+        kept = _kept_windows.pop(_identity(x, (kh, kw), stride, padding), None)
+        columns = kept[1] if kept else _windows(x, (kh, kw), stride, padding)[0]
+        grad_weight = columns.mm(grad_rows.t()).t().reshape(weight.shape)
     if mask[2]:
         grad_bias = grad_rows.mm(grad_rows.new_ones(grad_rows.shape[1], 1)).view(out_channels)
     return grad_x, grad_weight, grad_bias
