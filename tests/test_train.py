@@ -45,7 +45,7 @@ def data():
 
 
 def params(**train):
-    raw = tiny_params_raw({k: "0" * 64 for k in ("train_images", "train_labels", "test_images", "test_labels")})
+    raw = tiny_params_raw()
     augment = train.pop("augment", None)
     arch = train.pop("arch", "mlp")
     raw["train"].update(train)

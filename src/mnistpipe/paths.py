@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DATASET = Path("dataset.yaml")  # the dataset's files, checksums and mirrors: git-tracked, not params
 PARAMS_VALID = Path("logs/params_valid.txt")  # validate's output: params.yaml checked
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
