@@ -21,7 +21,7 @@ from mnistpipe.errors import ENVIRONMENT_EXIT, UserError, exit_on_user_error, na
 from conftest import REPO, tiny_project
 from full_disk import FullDisk
 
-EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
+EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.EVAL_DETAIL, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
                     paths.PREDICTIONS, paths.EVAL_LOG]  # the order evaluate writes them in
 
 

@@ -45,8 +45,12 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
     assert figures == {"samples", "class_counts", "curves", "confusion", "wrong", "per_class", "reliability"}
     assert not (repo / "models/resume.pt").exists(), "a finished run leaves no resume checkpoint"
     metrics = json.loads((repo / "metrics/eval.json").read_text())
+    detail = json.loads((repo / "metrics/eval_detail.json").read_text())
+    assert list(metrics) == ["accuracy", "macro_f1", "ece"]  # the headline; the rest is detail
+    assert list(detail) == ["accuracy_ci95_low", "accuracy_ci95_high", "loss", "errors", "ece_raw"]
     assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
-    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_raw"] <= 1
+    assert 0 <= metrics["ece"] <= 1 and 0 <= detail["ece_raw"] <= 1
+    assert detail["accuracy_ci95_low"] < metrics["accuracy"] < detail["accuracy_ci95_high"]
     temperature = json.loads((repo / "metrics/train.json").read_text())["temperature"]
     model, info = load_model(repo / "models/model.pt")
     assert temperature > 0 and info.temperature == temperature
@@ -172,8 +176,9 @@ def test_metrics_diff_between_branches(pipeline, tmp_path):
     run(["git", "commit", "-qam", "lr 0.01"], repo, env)
     diff = dvc(repo, env, "metrics", "diff", "main", "--json")
     changes = json.loads(diff.stdout)
-    loss = changes["metrics/eval.json"]["loss"]
-    assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
+    assert set(changes) <= {"metrics/eval.json", "metrics/seeds.json"}  # the DVC metrics: the headline
+    ece = changes["metrics/eval.json"]["ece"]
+    assert ece["old"] != ece["new"] and ece["diff"] == pytest.approx(ece["new"] - ece["old"])
     params = json.loads(dvc(repo, env, "params", "diff", "main", "--json").stdout)
     lr = params["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.001, 0.01)
