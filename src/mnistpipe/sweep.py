@@ -1,8 +1,8 @@
 """`mnistpipe sweep-plot`: each param a sweep changed against the test accuracy, as a PNG and a page.
 
 The numbers come from `dvc exp show --json` and each run's commit (read by experiments.py),
-so the plot shows what DVC recorded. `panels` computes what is drawn (tested on canned documents and against
-a real sweep); `draw` only draws it. One panel per changed param: a line per combination of
+so the plot shows what DVC recorded. `panels` computes what is drawn (tested on canned
+documents and against a real sweep); `draw` only draws it. One panel per changed param: a line per combination of
 the other changed params, error bars of ± one standard deviation over training seeds where
 multiseed ran (metrics/seeds.json), the baseline commit as a star and a dashed line. Learning
 rates and other positive params spanning 100x or more get a log axis; lists (model.hidden)

@@ -45,11 +45,10 @@ def read_raw(raw_dir: Path, dataset: Dataset, num_classes: int) -> tuple[Split, 
     for path in files.values():
         if not path.exists():
             raise UserError(f"{path} is missing: run the fetch stage first (dvc repro fetch)")
-    n = num_classes
     sets = []
     for part in ("train", "test"):
         images = idx.load_images(files[f"{part}_images"])
-        labels = idx.load_labels(files[f"{part}_labels"], n)
+        labels = idx.load_labels(files[f"{part}_labels"], num_classes)
         if len(images) != len(labels):
             raise UserError(f"{part}: {len(images)} images but {len(labels)} labels "
                             f"({files[f'{part}_images'].name}, {files[f'{part}_labels'].name})")
