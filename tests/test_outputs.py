@@ -102,8 +102,8 @@ OUTPUT_FOLDERS = ("metrics", "plots", "logs", "data", "reports")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, n, code, blamed", [
-    ("evaluate", 2, "ENOSPC", paths.PER_CLASS),
-    ("evaluate", 5, "EACCES", paths.PREDICTIONS),
+    ("evaluate", 3, "ENOSPC", paths.PER_CLASS),
+    ("evaluate", 6, "EACCES", paths.PREDICTIONS),
     ("evaluate", 1, "EROFS", paths.EVAL_METRICS),
     ("prepare", 3, "ENOSPC", paths.PREPARED / "test.pt"),
     ("report", 2, "ENOSPC", paths.REPORTS / "figures" / "class_counts.png"),
