@@ -37,7 +37,7 @@ from mnistpipe.data.prepared import Meta, Split, pixel_stats, read_raw
 from mnistpipe.device import choose_device, device_name, make_deterministic, peak_rss_mb, synchronize
 from mnistpipe.evaluate import loss_and_accuracy, split_logits
 from mnistpipe.models import build_model, model_spec
-from mnistpipe.params import load_params
+from mnistpipe.params import load_dataset, load_params
 from mnistpipe.train import run_training
 
 import results  # benchmarks/results.py
@@ -54,12 +54,12 @@ def raw_dir() -> Path:
     sys.exit("no data: run `dvc repro fetch` or set MNISTPIPE_MIRROR to a directory")
 
 
-def torchvision_root(params) -> Path:
+def torchvision_root() -> Path:
     """A temporary directory laid out as torchvision wants it: <root>/MNIST/raw/<uncompressed
     files>. Its MD5s pin other gzip wrappers than our mirror's, hence the decompressed files."""
     root = Path(tempfile.mkdtemp())
     (root / "MNIST/raw").mkdir(parents=True)
-    for spec in params.data.files.values():
+    for spec in load_dataset(ROOT / paths.DATASET).files.values():
         data = gzip.decompress((raw_dir() / spec.name).read_bytes())
         (root / "MNIST/raw" / spec.name.removesuffix(".gz")).write_bytes(data)
     return root
@@ -70,7 +70,7 @@ def worker_tutorial(params, device, epochs: int) -> dict:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    root = torchvision_root(params)
+    root = torchvision_root()
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
     test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)

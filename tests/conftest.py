@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic IDX dataset (made here, never downloaded) and params for it."""
+"""Shared fixtures: a tiny synthetic IDX dataset (made here, never downloaded), its
+dataset.yaml and params for it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from mnistpipe.data.idx import UBYTE
-from mnistpipe.params import parse_params
+from mnistpipe.params import parse_dataset, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,10 +110,11 @@ def tiny_project(root: Path, stages: tuple[str, ...], **sections: dict):
     from mnistpipe import paths
     from mnistpipe.device import make_deterministic
 
-    raw = tiny_params_raw(write_synthetic_mirror(root / "mirror"))
+    raw = tiny_params_raw()
     for section, changes in sections.items():
         raw[section].update(changes)
     project = root / "project"
+    write_dataset(project, write_synthetic_mirror(root / "mirror"))
     shutil.copytree(root / "mirror", project / paths.RAW)
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
@@ -130,12 +132,21 @@ def repo_params_raw() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def tiny_params_raw(checksums: dict[str, str]) -> dict:
+def tiny_dataset_raw(checksums: dict[str, str]) -> dict:
+    """dataset.yaml for the synthetic dataset whose checksums are `checksums`."""
+    return {"mirrors": ["http://127.0.0.1:9/"],  # never used: tests set MNISTPIPE_MIRROR
+            **{key: {"name": FILES[key], "sha256": sha} for key, sha in checksums.items()}}
+
+
+def write_dataset(project: Path, checksums: dict[str, str]) -> None:
+    """The synthetic dataset's dataset.yaml in `project`."""
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "dataset.yaml").write_text(yaml.safe_dump(tiny_dataset_raw(checksums), sort_keys=False))
+
+
+def tiny_params_raw() -> dict:
     """The repository's params.yaml shrunk for fast runs on the synthetic dataset."""
     raw = copy.deepcopy(repo_params_raw())
-    for key, sha in checksums.items():
-        raw["data"][key] = {"name": FILES[key], "sha256": sha}
-    raw["data"]["mirrors"] = ["http://127.0.0.1:9/"]  # never used: tests set MNISTPIPE_MIRROR
     raw["data"]["retries"] = 0
     raw["data"]["timeout_s"] = 5
     raw["prepare"]["val_size"] = 100
@@ -154,8 +165,13 @@ def synthetic_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-def tiny_params(synthetic_mirror):
-    return parse_params(tiny_params_raw(synthetic_mirror[1]))
+def tiny_params():
+    return parse_params(tiny_params_raw())
+
+
+@pytest.fixture
+def tiny_dataset(synthetic_mirror):
+    return parse_dataset(tiny_dataset_raw(synthetic_mirror[1]))
 
 
 # IDX writing: only tests make IDX files (the pipeline only reads them).

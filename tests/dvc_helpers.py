@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from conftest import REPO, tiny_params_raw, write_dataset, write_synthetic_mirror
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
@@ -63,10 +63,11 @@ def make_repo(base: Path, **overrides: dict) -> tuple[Path, dict]:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(src, dst)
-    raw = tiny_params_raw(checksums)
+    raw = tiny_params_raw()
     for section, values in overrides.items():
         raw[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_dataset(repo, checksums)
     # PYTHONPATH: stages import the repo's copy of the package, not the editable install's
     # live source, which may change while a test runs.
     env = {**os.environ, **GIT_ENV, "MNISTPIPE_MIRROR": str(mirror), "PYTHONPATH": str(repo / "src"),

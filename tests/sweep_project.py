@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from mnistpipe.evaluate import HEADLINE
+from mnistpipe.experiments import Baseline, read_show, with_recorded
+
 from dvc_helpers import commit_all, dvc, make_repo
 
 SWEEP = ["-S", "train.lr=0.001,0.01", "-S", "model.hidden=[8],[16]"]
@@ -74,17 +77,21 @@ def raw_runs(document: list[dict]) -> dict[str, dict]:
 
 def entry(name: str | None, rev: str, lr: float = 0.001, hidden=(128, 64), accuracy: float | None = 0.97,
           std: float | None = None, **eval_metrics) -> dict:
-    """One run as DVC 3.67's `dvc exp show --json` lists it (the parts mnistpipe reads)."""
+    """One run as DVC 3.67's `dvc exp show --json` lists it (the parts mnistpipe reads). Its
+    metrics/eval_detail.json, which is in the run's commit and not in DVC's JSON, rides along
+    under "detail" (see `baselines`); evaluate's other numbers go where evaluate writes them."""
     params = {"seed": 42, "model": {"arch": "mlp", "hidden": list(hidden)}, "train": {"lr": lr, "epochs": 10}}
-    metrics = {}
+    metrics, detail = {}, None
     if accuracy is not None:
-        metrics["metrics/eval.json"] = {"data": {"accuracy": accuracy, "accuracy_ci95_low": accuracy - 0.003,
-                                                 "accuracy_ci95_high": accuracy + 0.003, **eval_metrics}}
+        headline = {k: v for k, v in eval_metrics.items() if k in HEADLINE}
+        metrics["metrics/eval.json"] = {"data": {"accuracy": accuracy, **headline}}
+        detail = {"accuracy_ci95_low": accuracy - 0.003, "accuracy_ci95_high": accuracy + 0.003,
+                  **{k: v for k, v in eval_metrics.items() if k not in HEADLINE}}
         seeds = {"n": 1} if std is None else {"n": 3, "test_acc_mean": accuracy, "test_acc_std": std}
         metrics["metrics/seeds.json"] = {"data": seeds}
     return {"rev": rev, "name": name, "error": None, "experiments": None,
             "data": {"rev": rev, "timestamp": None, "params": {"params.yaml": {"data": params}},
-                     "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}}
+                     "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}, "detail": detail}
 
 
 def document(baseline: dict, experiments: list[dict]) -> list[dict]:
@@ -92,3 +99,13 @@ def document(baseline: dict, experiments: list[dict]) -> list[dict]:
     base = {**baseline, "experiments": [{"revs": [exp], "executor": None, "name": exp["name"]}
                                         for exp in experiments]}
     return [{**baseline, "rev": "workspace", "name": None}, base]
+
+
+def baselines(baseline: dict, experiments: list[dict]) -> list[Baseline]:
+    """What experiments.load_baselines gives for `document(baseline, experiments)`: each run
+    with its metrics/eval_detail.json, here from the entries instead of git."""
+    details = {e["rev"]: e["detail"] for e in [baseline, *experiments]}
+
+    def read(rev: str, path: str) -> dict | None:
+        return details.get(rev) if path == "metrics/eval_detail.json" else None
+    return with_recorded(read_show(document(baseline, experiments)), read)

@@ -12,10 +12,10 @@ import yaml
 
 from mnistpipe.compare import Run
 from mnistpipe.errors import UserError
-from mnistpipe.experiments import apply, best_json, choose, format_best, judge, read_show
+from mnistpipe.experiments import apply, best_json, choose, format_best, judge, load_baselines, read_show
 
 from dvc_helpers import copy_repo, run
-from sweep_project import document, entry, raw_runs, shown, sweep_project
+from sweep_project import baselines, document, entry, raw_runs, shown, sweep_project
 
 BASE = entry("main", "a" * 40, accuracy=0.970, loss=0.10)
 THREE = [entry("lr-low", "b" * 40, lr=0.0003, accuracy=0.965, loss=0.12),
@@ -34,7 +34,7 @@ def fake_runs(correct: dict[str, int], n: int = 1000):
 
 
 def test_best_of_three_by_accuracy_with_its_interval_and_changes():
-    choice = choose(read_show(document(BASE, THREE)))
+    choice = choose(baselines(BASE, THREE))
     assert [e.name for e in choice.ranking] == ["lr-high", "wide", "lr-low"]
     assert choice.best.ci95() == pytest.approx((0.972, 0.978)) and not choice.tied
     text = format_best(choice, judge(choice, load=fake_runs({"main": 970, "lr-high": 975})))
@@ -43,13 +43,15 @@ def test_best_of_three_by_accuracy_with_its_interval_and_changes():
 
 
 def test_lower_is_better_for_loss_and_any_eval_metric_by_name():
-    choice = choose(read_show(document(BASE, THREE)), "loss")
+    choice = choose(baselines(BASE, THREE), "loss")  # in eval_detail.json, read from each run's commit
     assert not choice.higher_is_better and choice.best.name == "wide"
-    assert choose(read_show(document(BASE, THREE)), "metrics/eval.json:loss").best.name == "wide"
+    assert choose(baselines(BASE, THREE), "metrics/eval_detail.json:loss").best.name == "wide"
+    with pytest.raises(UserError, match="no experiment records 'loss' in metrics/eval.json"):
+        choose(baselines(BASE, THREE), "metrics/eval.json:loss")  # not a DVC metric any more
 
 
 def test_significantly_better_and_within_noise_are_said_plainly():
-    choice = choose(read_show(document(BASE, THREE)))
+    choice = choose(baselines(BASE, THREE))
     far = judge(choice, load=fake_runs({"main": 700, "lr-high": 900}))
     assert far.significantly_better and "lr-high is significantly better than its baseline main" in far.text
     near = judge(choice, load=fake_runs({"main": 970, "lr-high": 975}))
@@ -64,7 +66,7 @@ def test_significantly_better_and_within_noise_are_said_plainly():
 
 def test_a_tie_is_named_and_apply_refuses_to_guess():
     tied = [entry("x", "b" * 40, accuracy=0.975), entry("y", "c" * 40, lr=0.01, accuracy=0.975)]
-    choice = choose(read_show(document(BASE, tied)))
+    choice = choose(baselines(BASE, tied))
     assert choice.tied == ["x", "y"]
     assert "tie: x, y have the same accuracy" in format_best(choice, judge(choice, load=fake_runs(
         {"main": 970, "x": 975})))
@@ -77,9 +79,9 @@ def test_unfinished_experiments_are_skipped_and_missing_ones_explained():
     assert [e.name for e in read_show(document(BASE, [queued, *THREE]))[0].experiments] == \
         ["lr-low", "lr-high", "wide"]
     with pytest.raises(UserError, match="no finished experiments"):
-        choose(read_show(document(BASE, [queued])))
+        choose(baselines(BASE, [queued]))
     with pytest.raises(UserError, match="no experiment records 'f1'.*accuracy, accuracy_ci95_high"):
-        choose(read_show(document(BASE, THREE)), "f1")
+        choose(baselines(BASE, THREE), "f1")
 
 
 # ---------------------------------------------------------------- a real queued sweep
@@ -93,6 +95,11 @@ def test_best_picks_the_top_experiment_beyond_noise_and_applies_it(tmp_path_fact
     repo, env = sweep_project(tmp_path_factory)
     rows = raw_runs(shown(repo, env))
     top = max(row["accuracy"] for row in rows.values())
+    # Each run's interval comes from metrics/eval_detail.json in its own commit.
+    for exp in load_baselines(cwd=str(repo))[0].experiments:
+        detail = json.loads(run(["git", "show", f"{exp.rev}:metrics/eval_detail.json"], repo, env).stdout)
+        assert exp.ci95() == (detail["accuracy_ci95_low"], detail["accuracy_ci95_high"])
+        assert detail["accuracy_ci95_low"] < rows[exp.name]["accuracy"] < detail["accuracy_ci95_high"]
     result = mnistpipe(repo, env, "best", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

@@ -27,7 +27,7 @@ from mnistpipe.machine import share_of_cores
 from mnistpipe.numerics import BUDGET_ENV, THREADS
 from mnistpipe.train import make_augment
 
-from conftest import REPO, tiny_params_raw, write_synthetic_mirror
+from conftest import REPO, tiny_params_raw, write_dataset, write_synthetic_mirror
 from dvc_helpers import kill_after_first_checkpoint, weights
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -127,7 +127,8 @@ def prepared(tmp_path_factory):
     repo = base / "repo"
     for name in ("stages", "src"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    raw = tiny_params_raw(write_synthetic_mirror(base / "mirror"))
+    write_dataset(repo, write_synthetic_mirror(base / "mirror"))
+    raw = tiny_params_raw()
     merge(raw, TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (base / "hook").mkdir()

@@ -29,9 +29,9 @@ import yaml
 
 from mnistpipe.data.fetch import CHUNK, MIRROR_ENV, fetch_dataset, fetch_file, file_url, mirror_list
 from mnistpipe.errors import UserError
-from mnistpipe.params import DataFile, parse_params
+from mnistpipe.params import DataFile, parse_dataset, parse_params
 
-from conftest import FILES, REPO, tiny_params_raw, write_synthetic_mirror
+from conftest import FILES, REPO, tiny_dataset_raw, tiny_params_raw, write_dataset, write_synthetic_mirror
 
 TIMEOUT = 0.5  # seconds; every stall below lasts longer than this
 STALL_S = 10.0  # upper bound; teardown releases stalled handlers at once
@@ -209,11 +209,13 @@ def refused_url() -> str:
 
 
 def make_config(checksums: dict[str, str], mirrors: list[str], retries: int = 0, timeout: float = TIMEOUT):
-    raw = tiny_params_raw(checksums)
-    raw["data"]["mirrors"] = mirrors
+    """fetch_dataset's dataset (on `mirrors`) and data params, as a pair."""
+    dataset = tiny_dataset_raw(checksums)
+    dataset["mirrors"] = mirrors
+    raw = tiny_params_raw()
     raw["data"]["retries"] = retries
     raw["data"]["timeout_s"] = timeout
-    return parse_params(raw).data
+    return parse_dataset(dataset), parse_params(raw).data
 
 
 def spec_for(checksums: dict[str, str], key: str = "train_labels") -> DataFile:
@@ -246,12 +248,12 @@ def test_file_url_http_and_directory(tmp_path):
 
 def test_mirror_env_overrides_params(synthetic_mirror, monkeypatch):
     _, checksums = synthetic_mirror
-    config = make_config(checksums, ["http://a.invalid/", "http://b.invalid/"])
-    assert mirror_list(config) == ["http://a.invalid/", "http://b.invalid/"]
+    dataset, _ = make_config(checksums, ["http://a.invalid/", "http://b.invalid/"])
+    assert mirror_list(dataset) == ["http://a.invalid/", "http://b.invalid/"]
     monkeypatch.setenv(MIRROR_ENV, "  /some/dir  ")
-    assert mirror_list(config) == ["/some/dir"]
+    assert mirror_list(dataset) == ["/some/dir"]
     monkeypatch.setenv(MIRROR_ENV, "")
-    assert mirror_list(config) == ["http://a.invalid/", "http://b.invalid/"]
+    assert mirror_list(dataset) == ["http://a.invalid/", "http://b.invalid/"]
 
 
 # --- success -----------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def test_mirror_env_overrides_params(synthetic_mirror, monkeypatch):
 def test_fetch_dataset_from_http_mirror(server, synthetic_mirror, tmp_path):
     mirror, checksums = synthetic_mirror
     dest = tmp_path / "raw"
-    fetch_dataset(make_config(checksums, [server.url("good")]), dest, progress=False)
+    fetch_dataset(*make_config(checksums, [server.url("good")]), dest, progress=False)
     assert_same_files(dest, mirror)
     for key, name in FILES.items():
         assert hashlib.sha256(gzip.decompress((dest / name).read_bytes())).hexdigest() == checksums[key]
@@ -271,7 +273,7 @@ def test_fetch_dataset_from_directory_mirror(synthetic_mirror, tmp_path, form):
     mirror, checksums = synthetic_mirror
     where = str(mirror) if form == "path" else mirror.as_uri()
     dest = tmp_path / "raw"
-    fetch_dataset(make_config(checksums, [where]), dest, progress=False)
+    fetch_dataset(*make_config(checksums, [where]), dest, progress=False)
     assert_same_files(dest, mirror)
 
 
@@ -288,7 +290,7 @@ def test_env_var_overrides_broken_params_mirrors(server, synthetic_mirror, tmp_p
     mirror, checksums = synthetic_mirror
     config = make_config(checksums, [refused_url, server.url("404")])
     monkeypatch.setenv(MIRROR_ENV, server.url("good"))
-    fetch_dataset(config, tmp_path / "raw", progress=False)
+    fetch_dataset(*config, tmp_path / "raw", progress=False)
     assert_same_files(tmp_path / "raw", mirror)
     assert server.requests("404") == 0  # data.mirrors was not consulted
 
@@ -296,14 +298,14 @@ def test_env_var_overrides_broken_params_mirrors(server, synthetic_mirror, tmp_p
 def test_env_var_directory_override(synthetic_mirror, tmp_path, monkeypatch, refused_url):
     mirror, checksums = synthetic_mirror
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
-    fetch_dataset(make_config(checksums, [refused_url]), tmp_path / "raw", progress=False)
+    fetch_dataset(*make_config(checksums, [refused_url]), tmp_path / "raw", progress=False)
     assert_same_files(tmp_path / "raw", mirror)
 
 
 def test_falls_over_to_second_mirror_and_keeps_using_it(server, synthetic_mirror, tmp_path):
     mirror, checksums = synthetic_mirror
     config = make_config(checksums, [server.url("404"), server.url("good")])
-    fetch_dataset(config, tmp_path / "raw", progress=False)
+    fetch_dataset(*config, tmp_path / "raw", progress=False)
     assert_same_files(tmp_path / "raw", mirror)
     # The bad mirror was tried for the first file only: the one that worked goes first after that.
     assert server.requests("404") == 1
@@ -362,8 +364,8 @@ def test_present_verified_files_are_kept(server, synthetic_mirror, tmp_path):
     mirror, checksums = synthetic_mirror
     dest = tmp_path / "raw"
     config = make_config(checksums, [server.url("good")])
-    fetch_dataset(config, dest, progress=False)
-    fetch_dataset(config, dest, progress=False)
+    fetch_dataset(*config, dest, progress=False)
+    fetch_dataset(*config, dest, progress=False)
     assert all(server.hits[("good", name)] == 1 for name in FILES.values())
     assert_same_files(dest, mirror)
 
@@ -374,7 +376,7 @@ def test_present_corrupt_file_is_replaced(server, synthetic_mirror, tmp_path):
     dest.mkdir()
     name = FILES["test_labels"]
     (dest / name).write_bytes((mirror / name).read_bytes()[:-10])  # truncated earlier download
-    fetch_dataset(make_config(checksums, [server.url("good")]), dest, progress=False)
+    fetch_dataset(*make_config(checksums, [server.url("good")]), dest, progress=False)
     assert server.hits[("good", name)] == 1
     assert_same_files(dest, mirror)
 
@@ -477,7 +479,7 @@ def test_fetch_dataset_all_fail_leaves_dest_empty(server, synthetic_mirror, tmp_
     dest = tmp_path / "raw"
     config = make_config(checksums, [server.url("wrong"), refused_url])
     with pytest.raises(UserError) as info:
-        fetch_dataset(config, dest, progress=False)
+        fetch_dataset(*config, dest, progress=False)
     message = str(info.value)
     assert server.url("wrong") in message and refused_url in message
     assert list(dest.iterdir()) == []
@@ -508,7 +510,7 @@ def test_no_unverified_file_survives_a_failed_fetch(synthetic_mirror, tmp_path, 
     good = FILES["test_images"]
     (dest / good).write_bytes((mirror / good).read_bytes())
     with pytest.raises(UserError):
-        fetch_dataset(make_config(checksums, [refused_url]), dest, progress=False)
+        fetch_dataset(*make_config(checksums, [refused_url]), dest, progress=False)
     assert sorted(p.name for p in dest.iterdir()) == [good]
 
 
@@ -746,10 +748,10 @@ def test_unsupported_scheme_is_named(synthetic_mirror, tmp_path, monkeypatch, wh
     if where == "env":
         monkeypatch.setenv(MIRROR_ENV, "ftp://127.0.0.1/mnist/")
     with pytest.raises(UserError) as info:
-        fetch_dataset(config, tmp_path / "raw", progress=False)
+        fetch_dataset(*config, tmp_path / "raw", progress=False)
     message = str(info.value)
     assert "unsupported URL scheme ftp://" in message, message
-    assert (MIRROR_ENV if where == "env" else "data.mirrors") in message, message
+    assert (MIRROR_ENV if where == "env" else "mirrors in dataset.yaml") in message, message
     assert not (tmp_path / "raw").exists()
 
 
@@ -767,16 +769,17 @@ def test_present_fifo_is_replaced_not_waited_on(server, synthetic_mirror, tmp_pa
     dest.mkdir()
     os.mkfifo(dest / FILES["train_labels"])
     config = make_config(checksums, [server.url("good")])
-    result = in_child(lambda: fetch_dataset(config, dest, progress=False), dest)
+    result = in_child(lambda: fetch_dataset(*config, dest, progress=False), dest)
     assert result["error"] is None, result
     assert_same_files(dest, mirror)
 
 
 def test_fetch_stage_reports_a_hostile_mirror_without_traceback(synthetic_mirror, tmp_path):
     _, checksums = synthetic_mirror
-    raw = tiny_params_raw(checksums)
+    raw = tiny_params_raw()
     raw["data"]["timeout_s"] = DEADLINE
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_dataset(tmp_path, checksums)
     where = directory_mirror(tmp_path, FILES["train_images"], lambda p: os.mkfifo(p))
     env = {**os.environ, MIRROR_ENV: str(where)}
     out = subprocess.run([sys.executable, str(REPO / "stages" / "fetch.py")], cwd=tmp_path, env=env,

@@ -21,7 +21,7 @@ from mnistpipe.errors import ENVIRONMENT_EXIT, UserError, exit_on_user_error, na
 from conftest import REPO, tiny_project
 from full_disk import FullDisk
 
-EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
+EVALUATE_OUTPUTS = [paths.EVAL_METRICS, paths.EVAL_DETAIL, paths.PER_CLASS, paths.RELIABILITY, paths.SEEDS_METRICS,
                     paths.PREDICTIONS, paths.EVAL_LOG]  # the order evaluate writes them in
 
 
@@ -102,8 +102,8 @@ OUTPUT_FOLDERS = ("metrics", "plots", "logs", "data", "reports")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, n, code, blamed", [
-    ("evaluate", 2, "ENOSPC", paths.PER_CLASS),
-    ("evaluate", 5, "EACCES", paths.PREDICTIONS),
+    ("evaluate", 3, "ENOSPC", paths.PER_CLASS),
+    ("evaluate", 6, "EACCES", paths.PREDICTIONS),
     ("evaluate", 1, "EROFS", paths.EVAL_METRICS),
     ("prepare", 3, "ENOSPC", paths.PREPARED / "test.pt"),
     ("report", 2, "ENOSPC", paths.REPORTS / "figures" / "class_counts.png"),

@@ -1,4 +1,5 @@
-"""params.yaml validation (mnistpipe.params): every mistake is a UserError naming the key."""
+"""params.yaml and dataset.yaml validation (mnistpipe.params): every mistake is a UserError
+naming the file and the key."""
 
 from __future__ import annotations
 
@@ -13,17 +14,38 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnistpipe.errors import UserError
-from mnistpipe.params import Params, as_dict, load_params, parse_params, with_overrides
+from mnistpipe.params import (
+    Params,
+    as_dict,
+    check_fits,
+    load_dataset,
+    load_params,
+    parse_dataset,
+    parse_params,
+    with_overrides,
+)
 
 from conftest import REPO, repo_params_raw, tiny_params_raw
 
 TRAIN_STAGE = REPO / "stages" / "train.py"
 
 
-def rejected(raw, *fragments: str, source: str = "params.yaml") -> str:
-    """parse_params(raw) must raise a UserError containing every fragment; return its message."""
+def repo_dataset_raw() -> dict:
+    return yaml.safe_load((REPO / "dataset.yaml").read_text())
+
+
+def fits(raw) -> Params:
+    """What the validate stage checks: params `raw` on their own, then on the repository's dataset."""
+    params = parse_params(raw)
+    check_fits(params, load_dataset(REPO / "dataset.yaml"))
+    return params
+
+
+def rejected(raw, *fragments: str, source: str = "params.yaml", parse=fits) -> str:
+    """parse(raw) must raise a one-line UserError starting with `source` and containing every
+    fragment; return its message."""
     with pytest.raises(UserError) as info:
-        parse_params(raw)
+        parse(raw)
     message = str(info.value)
     assert message.startswith(f"{source}: "), message
     assert "\n" not in message, message
@@ -38,6 +60,19 @@ def with_value(section: str | None, key: str, value):
     return raw
 
 
+def dataset_rejected(raw, *fragments: str) -> str:
+    return rejected(raw, *fragments, source="dataset.yaml", parse=parse_dataset)
+
+
+def dataset_with(key: str, field: str | None, value) -> dict:
+    raw = repo_dataset_raw()
+    if field is None:
+        raw[key] = value
+    else:
+        raw[key][field] = value
+    return raw
+
+
 # --- the repository's params.yaml ------------------------------------------------------------
 
 def test_repository_params_load():
@@ -47,9 +82,24 @@ def test_repository_params_load():
     assert params.train.batch_size == 64 and params.train.lr == pytest.approx(0.001)
     assert params.train.optimizer == "adam"
     assert params.data.num_classes == 10
-    assert set(params.data.files) == {"train_images", "train_labels", "test_images", "test_labels"}
-    assert all(len(f.sha256) == 64 for f in params.data.files.values())
     assert isinstance(params.train.lr, float) and isinstance(params.data.timeout_s, float)
+
+
+def test_repository_dataset_loads_and_fits_the_params():
+    dataset = load_dataset(REPO / "dataset.yaml")
+    assert set(dataset.files) == {"train_images", "train_labels", "test_images", "test_labels"}
+    assert all(len(f.sha256) == 64 for f in dataset.files.values()) and dataset.mirrors
+    check_fits(load_params(REPO / "params.yaml"), dataset)
+
+
+def test_params_hold_knobs_only_with_the_most_swept_first():
+    """The dataset's identity is not a param, and params.yaml's order is `dvc exp show`'s
+    column order: the sections sweeps change come first."""
+    raw = repo_params_raw()
+    assert list(raw)[:3] == ["model", "train", "multiseed"]
+    assert list(raw["data"]) == ["num_classes", "timeout_s", "retries"]
+    assert not {"mirrors", "train_images", "sha256", "name"} & {k for v in raw.values() if isinstance(v, dict)
+                                                                 for k in v}
 
 
 def test_as_dict_round_trips():
@@ -118,10 +168,7 @@ def test_prepare_mean_and_std_both_set():
     ("data", "timeout_s", 0, ["data.timeout_s", "(0, 3600]"]),
     ("data", "retries", 11, ["data.retries", "0..10"]),
     ("data", "retries", -1, ["data.retries", "0..10"]),
-    ("data", "mirrors", [], ["data.mirrors", "at least one"]),
-    ("data", "mirrors", "http://x/", ["data.mirrors", "expected a list"]),
-    ("data", "mirrors", [""], ["data.mirrors[0]", "non-empty string"]),
-    ("data", "train_images", None, ["data.train_images", "expected a mapping"]),
+    ("data", "mirrors", [], ["data.mirrors", "unknown key"]),  # dataset.yaml's now
     ("prepare", "val_size", 0, ["prepare.val_size", ">= 1"]),
     ("prepare", "std", 0.3, ["prepare.mean", "both"]),
     ("report", "dpi", 10, ["report.dpi", "30..300"]),
@@ -159,16 +206,31 @@ def test_std_must_be_positive():
     ("a" * 65, "64 lowercase hex"),
 ])
 def test_bad_sha256(sha, fragment):
-    raw = repo_params_raw()
-    raw["data"]["test_labels"]["sha256"] = sha
-    rejected(raw, "data.test_labels.sha256", fragment)
+    dataset_rejected(dataset_with("test_labels", "sha256", sha), "test_labels.sha256", fragment)
 
 
 @pytest.mark.parametrize("name", ["t10k-labels-idx1-ubyte", "../etc/passwd.gz", "sub/dir.gz"])
 def test_bad_file_name(name):
-    raw = repo_params_raw()
-    raw["data"]["test_labels"]["name"] = name
-    rejected(raw, "data.test_labels.name", ".gz")
+    dataset_rejected(dataset_with("test_labels", "name", name), "test_labels.name", ".gz")
+
+
+@pytest.mark.parametrize("key, value, fragments", [
+    ("mirrors", [], ["mirrors", "at least one"]),
+    ("mirrors", "http://x/", ["mirrors", "expected a list"]),
+    ("mirrors", [""], ["mirrors[0]", "non-empty string"]),
+    ("train_images", None, ["train_images", "expected a mapping"]),
+])
+def test_bad_dataset_value_names_key(key, value, fragments):
+    dataset_rejected(dataset_with(key, None, value), *fragments)
+
+
+def test_dataset_keys_are_checked_as_params_are():
+    raw = repo_dataset_raw()
+    raw["mirror"] = raw.pop("mirrors")
+    dataset_rejected(raw, "mirror", "unknown key", "did you mean 'mirrors'")
+    raw = repo_dataset_raw()
+    del raw["train_images"]["sha256"]
+    dataset_rejected(raw, "train_images.sha256", "missing")
 
 
 # --- structure: unknown, misspelt and missing keys ------------------------------------------
@@ -177,7 +239,7 @@ def test_bad_file_name(name):
     ("train", "batchsize", "batch_size"),
     ("train", "optimiser", "optimizer"),
     ("model", "hiden", "hidden"),
-    ("data", "mirror", "mirrors"),
+    ("data", "retry", "retries"),
 ])
 def test_misspelt_key_suggests(section, bad, correct):
     raw = repo_params_raw()
@@ -214,8 +276,8 @@ def test_missing_key(section, key):
 
 def test_missing_nested_key():
     raw = repo_params_raw()
-    del raw["data"]["train_images"]["sha256"]
-    rejected(raw, "data.train_images.sha256", "missing")
+    del raw["model"]["cnn"]["fc"]
+    rejected(raw, "model.cnn.fc", "missing")
 
 
 @pytest.mark.parametrize("raw", [None, [], "seed: 1", 42])
@@ -306,7 +368,7 @@ def test_numeric_string_for_an_int_is_still_rejected():
 def test_train_stage_with_bad_params(tmp_path):
     """The real entry script, in a directory holding only a bad params.yaml (one subprocess:
     importing torch costs seconds, and the error path is the same for every bad key)."""
-    raw = tiny_params_raw({})
+    raw = tiny_params_raw()
     raw["train"]["lr"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     result = subprocess.run([sys.executable, str(TRAIN_STAGE)], cwd=tmp_path, capture_output=True,
@@ -402,6 +464,31 @@ def test_syntax_error_is_one_line_with_its_place(tmp_path):
     assert "not valid YAML" in message and "line 3" in message
 
 
+DATASET_TEXT = (REPO / "dataset.yaml").read_text()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (LAUGHS + DATASET_TEXT, "alias"),
+    ("a: " + "[" * 20000 + "]" * 20000 + "\n", "nest"),
+    (DATASET_TEXT + "#" * 70_000 + "\n", "larger than"),
+    ("mirrors: [http://x/\n", "not valid YAML"),
+    (DATASET_TEXT.replace("mirrors:", "mirrorz:"), "did you mean 'mirrors'"),
+])
+def test_dataset_file_is_read_as_params_are(tmp_path, yaml_loader, text, fragment):
+    """dataset.yaml goes through the same bounded loader: one line naming the file."""
+    path = tmp_path / "dataset.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_dataset(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message and fragment in message, message
+
+
+def test_missing_dataset_file(tmp_path):
+    with pytest.raises(UserError, match=r"dataset\.yaml not found"):
+        load_dataset(tmp_path / "dataset.yaml")
+
+
 # --- values validate once accepted that no stage could run ----------------------------------
 
 @pytest.mark.parametrize("section, key, value, fragments", [
@@ -426,21 +513,27 @@ def test_largest_runnable_values_accepted():
     raw["train"].update(batch_size=55_000, epochs=1000, processes=64)
     raw["model"]["hidden"] = [16384, 4096]
     raw["multiseed"]["seeds"] = list(range(100))
-    assert parse_params(raw).train.batch_size == 55_000
+    assert fits(raw).train.batch_size == 55_000
+
+
+def test_the_size_rules_hold_for_an_unknown_dataset_too():
+    """A dataset of unknown checksums: its image size is assumed, so the network's size is still capped."""
+    dataset = parse_dataset(dataset_with("train_images", "sha256", "0" * 64))
+    assert dataset.shape is None
+    check_fits(parse_params(with_value("train", "batch_size", 10**6)), dataset)  # sizes unknown: not checked
+    with pytest.raises(UserError, match="params.yaml: model.hidden: makes a network of"):
+        check_fits(parse_params(with_value("model", "hidden", [16384, 16384, 16384])), dataset)
 
 
 @pytest.mark.parametrize("name", ["train\0.gz", "a\\b.gz", "tab\there.gz", "x" * 200 + ".gz"])
 def test_unusable_file_name(name):
-    raw = repo_params_raw()
-    raw["data"]["test_labels"]["name"] = name
-    rejected(raw, "data.test_labels.name", "plain file name")
+    dataset_rejected(dataset_with("test_labels", "name", name), "test_labels.name", "plain file name")
 
 
 @pytest.mark.parametrize("name", ["train-labels-idx1-ubyte.gz", "TRAIN-labels-idx1-ubyte.gz"])
 def test_two_files_with_one_name(name):
-    raw = repo_params_raw()
-    raw["data"]["test_labels"]["name"] = name
-    rejected(raw, "data.test_labels.name", "must differ from data.train_labels.name")
+    dataset_rejected(dataset_with("test_labels", "name", name), "test_labels.name",
+                     "must differ from train_labels.name")
 
 
 def cnn_raw(channels: list[int]) -> dict:
@@ -460,7 +553,7 @@ def small_images(monkeypatch):
 
 
 def test_cnn_deeper_than_the_images_allow(small_images):
-    parse_params(cnn_raw([4, 4, 4]))
+    fits(cnn_raw([4, 4, 4]))
     rejected(cnn_raw([4, 4, 4, 4]), "model.cnn.channels", "8x8", "at most 3")
 
 
@@ -469,14 +562,14 @@ def test_empty_test_set_refused(monkeypatch):
 
     key = next(iter(params.KNOWN_DATA))
     monkeypatch.setitem(params.KNOWN_DATA, key, params.DataShape(60000, 0, (28, 28)))
-    rejected(repo_params_raw(), "data.test_images", "no images")
+    dataset_rejected(repo_dataset_raw(), "test_images", "no images")
 
 
 def test_known_data_is_the_repository_dataset():
-    """The sizes used for the cross-field rules belong to the checksums params.yaml pins."""
+    """The sizes used for the cross-field rules belong to the checksums dataset.yaml pins."""
     from mnistpipe.params import DataShape
 
-    assert load_params(REPO / "params.yaml").data.shape == DataShape(60000, 10000, (28, 28))
+    assert load_dataset(REPO / "dataset.yaml").shape == DataShape(60000, 10000, (28, 28))
 
 
 def test_cnn_as_deep_as_mnist_allows():

@@ -45,8 +45,12 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline):
     assert figures == {"samples", "class_counts", "curves", "confusion", "wrong", "per_class", "reliability"}
     assert not (repo / "models/resume.pt").exists(), "a finished run leaves no resume checkpoint"
     metrics = json.loads((repo / "metrics/eval.json").read_text())
+    detail = json.loads((repo / "metrics/eval_detail.json").read_text())
+    assert list(metrics) == ["accuracy", "macro_f1", "ece"]  # the headline; the rest is detail
+    assert list(detail) == ["accuracy_ci95_low", "accuracy_ci95_high", "loss", "errors", "ece_raw"]
     assert metrics["accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
-    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_raw"] <= 1
+    assert 0 <= metrics["ece"] <= 1 and 0 <= detail["ece_raw"] <= 1
+    assert detail["accuracy_ci95_low"] < metrics["accuracy"] < detail["accuracy_ci95_high"]
     temperature = json.loads((repo / "metrics/train.json").read_text())["temperature"]
     model, info = load_model(repo / "models/model.pt")
     assert temperature > 0 and info.temperature == temperature
@@ -96,10 +100,16 @@ def test_changing_a_report_param_reruns_report_only(pipeline, tmp_path):
     assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate", "report"]
 
 
-def test_changing_a_mirror_reruns_nothing(pipeline, tmp_path):
+def test_changing_a_mirror_refetches_the_same_data_and_trains_nothing(pipeline, tmp_path):
+    """dataset.yaml is a file dep: any edit reruns the stages that read it, whose outputs are
+    then the same, so DVC goes no further."""
     repo, env = copy_of(pipeline, tmp_path)
-    set_param(repo, "data", "mirrors", ["https://example.invalid/mnist/"])
-    assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate"]  # checks params, nothing else
+    dataset = yaml.safe_load((repo / "dataset.yaml").read_text())
+    dataset["mirrors"] = ["https://example.invalid/mnist/"]
+    (repo / "dataset.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ["validate", "fetch", "prepare"]
+    # Only the edit and the hashes DVC records for it: no metric, plot or model moved.
+    assert run(["git", "status", "--porcelain"], repo, env).stdout == " M dataset.yaml\n M dvc.lock\n"
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:
@@ -166,8 +176,9 @@ def test_metrics_diff_between_branches(pipeline, tmp_path):
     run(["git", "commit", "-qam", "lr 0.01"], repo, env)
     diff = dvc(repo, env, "metrics", "diff", "main", "--json")
     changes = json.loads(diff.stdout)
-    loss = changes["metrics/eval.json"]["loss"]
-    assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
+    assert set(changes) <= {"metrics/eval.json", "metrics/seeds.json"}  # the DVC metrics: the headline
+    ece = changes["metrics/eval.json"]["ece"]
+    assert ece["old"] != ece["new"] and ece["diff"] == pytest.approx(ece["new"] - ece["old"])
     params = json.loads(dvc(repo, env, "params", "diff", "main", "--json").stdout)
     lr = params["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.001, 0.01)

@@ -31,7 +31,7 @@ from dvc_helpers import (
 
 pytestmark = pytest.mark.slow
 
-METRICS = ["metrics/train.json", "metrics/eval.json", "metrics/seeds.json"]
+METRICS = ["metrics/train.json", "metrics/eval.json", "metrics/eval_detail.json", "metrics/seeds.json"]
 
 
 @pytest.fixture(scope="module")

@@ -59,10 +59,11 @@ def test_train_and_evaluate_run_in_process(tiny_params, synthetic_mirror, tmp_pa
     from mnistpipe import paths
     from mnistpipe.pipeline import evaluate, train
 
-    from conftest import tiny_params_raw
+    from conftest import tiny_params_raw, write_dataset
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(synthetic_mirror[1])))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw()))
+    write_dataset(tmp_path, synthetic_mirror[1])
     shutil.copytree(synthetic_mirror[0], paths.RAW)
     stage_module("prepare").main()
 

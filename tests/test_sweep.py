@@ -9,10 +9,11 @@ import sys
 import pytest
 
 from mnistpipe.errors import UserError
+from mnistpipe.experiments import read_show
 from mnistpipe.sweep import current_baseline, draw, panels, write_sweep
 
 from dvc_helpers import run
-from sweep_project import document, entry, raw_runs, shown, sweep_project
+from sweep_project import baselines, entry, raw_runs, shown, sweep_project
 
 BASE = entry("main", "a" * 40, lr=0.001, hidden=(8,), accuracy=0.90, std=0.004)
 GRID = [entry(f"e{i}", f"{i}" * 40, lr=lr, hidden=hidden, accuracy=acc, std=std)
@@ -50,9 +51,10 @@ def canned_rows(entries: list[dict]) -> dict[str, dict]:
             for e in entries}
 
 
-def check_figure(doc: list[dict], rows: dict[str, dict]) -> None:
-    """The figure of `doc` draws every run in `rows` (the baseline included) where it belongs."""
-    panel_list = panels(current_baseline(doc))
+def check_figure(runs: list, rows: dict[str, dict]) -> None:
+    """The figure of `runs` (experiments.Baseline's) draws every run in `rows` (the baseline
+    included) where it belongs."""
+    panel_list = panels(current_baseline(runs))
     hidden, lr = drawn(draw(panel_list))
     assert [p.param for p in panel_list] == ["model.hidden", "train.lr"]
     assert lr["scale"] == "log" and lr["xlabel"] == "train.lr (log scale)" and hidden["scale"] == "linear"
@@ -63,15 +65,15 @@ def check_figure(doc: list[dict], rows: dict[str, dict]) -> None:
 
 
 def test_each_changed_param_is_drawn_with_seed_spread_and_the_baseline():
-    doc = document(BASE, GRID)
-    check_figure(doc, canned_rows([BASE, *GRID]))
-    lr_panel = panels(current_baseline(doc))[1]
+    runs = baselines(BASE, GRID)
+    check_figure(runs, canned_rows([BASE, *GRID]))
+    lr_panel = panels(current_baseline(runs))[1]
     assert lr_panel.baseline.name == "main" and lr_panel.baseline.x == 0.001
     assert {p.group for p in lr_panel.points} == {"model.hidden=[8]", "model.hidden=[16]"}
 
 
 def test_writes_a_png_without_software_stamp_and_a_page_with_every_run(tmp_path):
-    png, md = write_sweep(tmp_path / "out", dpi=40, shown=document(BASE, GRID))
+    png, md = write_sweep(tmp_path / "out", dpi=40, baselines=baselines(BASE, GRID))
     assert png.read_bytes().startswith(b"\x89PNG") and b"Software" not in png.read_bytes()
     page = md.read_text()
     assert "![test accuracy against model.hidden, train.lr](sweep.png)" in page
@@ -81,9 +83,9 @@ def test_writes_a_png_without_software_stamp_and_a_page_with_every_run(tmp_path)
 
 def test_nothing_to_plot_is_said_plainly():
     with pytest.raises(UserError, match="no finished experiments"):
-        panels(current_baseline(document(BASE, [entry("q", "q" * 40, accuracy=None)])))
+        panels(current_baseline(baselines(BASE, [entry("q", "q" * 40, accuracy=None)])))
     with pytest.raises(UserError, match="change no param"):
-        panels(current_baseline(document(BASE, [entry("same", "s" * 40, lr=0.001, hidden=(8,))])))
+        panels(current_baseline(baselines(BASE, [entry("same", "s" * 40, lr=0.001, hidden=(8,))])))
 
 
 @pytest.mark.slow
@@ -102,4 +104,4 @@ def test_a_queued_2x2_sweep_draws_exactly_what_dvc_exp_show_records(tmp_path_fac
     rows["main"] = {"lr": params["train"]["lr"], "hidden": params["model"]["hidden"],
                     "accuracy": metrics["metrics/eval.json"]["data"]["accuracy"],
                     "std": metrics["metrics/seeds.json"]["data"]["test_acc_std"]}
-    check_figure(doc, rows)
+    check_figure(read_show(doc), rows)

@@ -14,6 +14,11 @@ from torch import nn
 from .data.prepared import Split, normalize
 from .errors import UserError
 
+# The evaluate stage's headline, its DVC metrics (metrics/eval.json): the columns `dvc exp show`
+# leads with. Its other numbers (the accuracy's interval, loss, errors, ece_raw) go to
+# metrics/eval_detail.json, a file in git but not a DVC metric, so the table stays narrow.
+HEADLINE = ("accuracy", "macro_f1", "ece")
+
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

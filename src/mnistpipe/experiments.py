@@ -1,10 +1,15 @@
 """DVC experiments as data, and `mnistpipe best`: which one wins, and is it beyond noise?
 
 `dvc exp show --json` lists baselines (the workspace, then commits), each with its
-experiments; every run carries its params.yaml and metrics files. `read_show` turns that
-document into `Experiment`s (flat params and metrics), so choosing the best and drawing a
-sweep are pure functions of it, tested on canned documents. The one DVC call is
-`exp_show_json`; queued, running and failed experiments have no metrics and are skipped.
+experiments; every run carries its params.yaml and DVC metrics (evaluate's headline,
+metrics/eval.json, and metrics/seeds.json). `read_show` turns that document into
+`Experiment`s (flat params and metrics), so choosing the best and drawing a sweep are pure
+functions of it, tested on canned documents. The one DVC call is `exp_show_json`; queued,
+running and failed experiments have no metrics and are skipped.
+
+The rest of a run's numbers (the accuracy's interval, loss, ...: metrics/eval_detail.json,
+metrics/train.json) are in git but not DVC metrics, which keeps `dvc exp show` narrow; every
+run is a commit, so `with_recorded` reads them from it (`git show REV:PATH`).
 
 The best run is judged against the commit it came from with compare's paired test
 (McNemar on the test images' predictions), so "better" means beyond run-to-run noise.
@@ -12,10 +17,12 @@ The best run is judged against the commit it came from with compare's paired tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +31,10 @@ from .errors import UserError
 
 PARAMS_FILE = str(paths.PARAMS)
 EVAL_FILE = str(paths.EVAL_METRICS)
+DETAIL_FILE = str(paths.EVAL_DETAIL)
 SEEDS_FILE = str(paths.SEEDS_METRICS)
+EVALUATE_FILES = (EVAL_FILE, DETAIL_FILE)  # where a bare metric name is looked up, in order
+RECORDED = (DETAIL_FILE, str(paths.TRAIN_METRICS))  # read from each run's commit, not from DVC
 # Metrics where smaller is better; everything else (accuracy, macro_f1, ...) is higher-is-better.
 LOWER_IS_BETTER = {"loss", "ece", "ece_raw", "errors", "train_loss", "val_loss"}
 
@@ -39,13 +49,19 @@ class Experiment:
     metrics: dict[str, dict[str, Any]]  # by file: {"metrics/eval.json": {"accuracy": 0.97, ...}}
 
     def metric(self, key: str) -> float | None:
-        """`key` of metrics/eval.json, or `FILE:KEY` of another metrics file; None where absent."""
+        """`key` of metrics/eval.json or eval_detail.json, or `FILE:KEY` of another file; None where absent."""
         file, _, name = key.rpartition(":")
-        value = self.metrics.get(file or EVAL_FILE, {}).get(name)
+        values = [self.metrics.get(f, {}).get(name) for f in ([file] if file else EVALUATE_FILES)]
+        value = next((v for v in values if v is not None), None)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+    def numbers(self, file: str = "") -> list[str]:
+        """The keys with numbers in `file` (by default evaluate's two files), sorted."""
+        return sorted({k for f in ([file] if file else EVALUATE_FILES) for k, v in self.metrics.get(f, {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
     def ci95(self) -> tuple[float, float] | None:
-        """The test accuracy's 95% Wilson interval that evaluate records, where present."""
+        """The test accuracy's 95% Wilson interval that evaluate records (eval_detail.json), where present."""
         low, high = self.metric("accuracy_ci95_low"), self.metric("accuracy_ci95_high")
         return None if low is None or high is None else (low, high)
 
@@ -103,6 +119,32 @@ def read_show(shown: list[dict[str, Any]]) -> list[Baseline]:
     return baselines
 
 
+def with_recorded(baselines: list[Baseline], read: Callable[[str, str], dict | None]) -> list[Baseline]:
+    """`baselines` with each run's RECORDED files added to its metrics, as `read(rev, path)`
+    gives them (None: not in that commit, e.g. one from before the file existed)."""
+    def add(exp: Experiment) -> Experiment:
+        found = {path: data for path in RECORDED if (data := read(exp.rev, path)) is not None}
+        return dataclasses.replace(exp, metrics={**found, **exp.metrics})
+    return [Baseline(add(b.run), [add(exp) for exp in b.experiments]) for b in baselines]
+
+
+def git_reader(cwd: str | None = None) -> Callable[[str, str], dict | None]:
+    """read(rev, path): the JSON object at PATH in commit REV of the git repository in `cwd`, or None."""
+    def read(rev: str, path: str) -> dict | None:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
+        try:
+            data = json.loads(done.stdout) if done.returncode == 0 else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    return read
+
+
+def load_baselines(all_commits: bool = False, cwd: str | None = None) -> list[Baseline]:
+    """The commits `dvc exp show` lists and their finished experiments, with every run's numbers."""
+    return with_recorded(read_show(exp_show_json(all_commits, cwd)), git_reader(cwd))
+
+
 def exp_show_json(all_commits: bool = False, cwd: str | None = None) -> list[dict[str, Any]]:
     """`dvc exp show --json` of the project in `cwd` (the current directory by default)."""
     cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])]
@@ -152,9 +194,8 @@ def choose(baselines: list[Baseline], metric: str = "accuracy") -> Choice:
     candidates = [exp for exp in runs if exp.metric(metric) is not None]
     if not candidates:
         file, _, key = metric.rpartition(":")
-        known = ", ".join(sorted(k for k, v in runs[0].metrics.get(file or EVAL_FILE, {}).items()
-                                 if isinstance(v, (int, float))))
-        raise UserError(f"--metric {metric}: no experiment records {key!r} in {file or EVAL_FILE}; "
+        known = ", ".join(runs[0].numbers(file))
+        raise UserError(f"--metric {metric}: no experiment records {key!r} in {file or ' or '.join(EVALUATE_FILES)}; "
                         f"choose one of: {known or 'none there'} (or FILE:KEY for another metrics file)")
     higher = higher_is_better(metric)
     ranking = sorted(candidates, key=lambda exp: -exp.metric(metric) if higher else exp.metric(metric))
@@ -276,7 +317,7 @@ def apply(choice: Choice, cwd: str | None = None) -> None:
 
 
 def cmd_best(args) -> int:
-    choice = choose(read_show(exp_show_json(args.all_commits)), args.metric)
+    choice = choose(load_baselines(args.all_commits), args.metric)
     verdict = judge(choice, args.alpha)
     if args.apply:
         apply(choice)
@@ -292,7 +333,8 @@ def cmd_best(args) -> int:
 def add_parser(sub) -> None:
     best = sub.add_parser("best", help="the best dvc experiment by a metric, and is it beyond noise?")
     best.add_argument("--metric", default="accuracy",
-                      help="a key of metrics/eval.json (accuracy, macro_f1, loss, ece, ...) or FILE:KEY "
+                      help="a key of metrics/eval.json or metrics/eval_detail.json (accuracy, macro_f1, loss, "
+                           "ece, ...) or FILE:KEY, e.g. metrics/train.json:val_acc "
                            f"(lower is better for {', '.join(sorted(LOWER_IS_BETTER))}) (default: %(default)s)")
     best.add_argument("-A", "--all-commits", action="store_true",
                       help="experiments of every commit (default: of the current commit)")

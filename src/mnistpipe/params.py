@@ -1,11 +1,17 @@
-"""params.yaml -> validated, typed config.
+"""params.yaml and dataset.yaml -> validated, typed config.
 
-Every key is required and every unknown key is an error: params.yaml is the one
-source of truth, so the code holds no defaults that could silently differ from it.
+params.yaml holds the knobs (what `dvc exp run -S` changes and `dvc exp show` lists);
+dataset.yaml the dataset's identity: each file's name and the SHA-256 of its decompressed
+content, and the mirrors to look in. The dataset is not a knob, so it stays out of DVC's
+params (and out of `dvc exp show`'s columns); the stages that read it list it as a file dep.
 
-The file is read as untrusted input: a loader that refuses YAML aliases and deep nesting
-before building any value, and bounds on every size and cross-field rules, so that
-whatever passes here can run to the end instead of failing after DVC deleted the outputs.
+Every key is required and every unknown key is an error: the two files are the one source
+of truth, so the code holds no defaults that could silently differ from them.
+
+Both are read as untrusted input: a loader that refuses YAML aliases and deep nesting
+before building any value, and bounds on every size and cross-field rules (`check_fits`
+for the rules that need both files), so that whatever passes here can run to the end
+instead of failing after DVC deleted the outputs.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Any, Literal
 
 import yaml
 
+from . import paths
 from .errors import UserError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 MAX_FILE_BYTES = 1 << 16  # params.yaml is about 3 KB; reading 64 KB takes a fraction of a second
-MAX_DEPTH = 16  # params.yaml nests 3 deep
+MAX_DEPTH = 16  # params.yaml nests 3 deep, dataset.yaml 2
 MAX_WIDTH = 16384  # units or channels in one layer
 MAX_LAYERS = 64  # MLP hidden layers
 MAX_PARAMETERS = 100_000_000  # ~900x the default MLP (109,386): 1.6 GB with Adam's state
@@ -70,27 +77,25 @@ class DataFile:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class Dataset:
+    """dataset.yaml: the four IDX files (name, checksum) and where to fetch them."""
     mirrors: list[str]
     train_images: DataFile
     train_labels: DataFile
     test_images: DataFile
     test_labels: DataFile
-    num_classes: int
-    timeout_s: float
-    retries: int
 
     def validate(self, key: str) -> None:
-        _check(self.mirrors, f"{key}.mirrors", "must list at least one mirror")
-        _check(2 <= self.num_classes <= 256, f"{key}.num_classes", "must be in 2..256")
-        _check(0 < self.timeout_s <= 3600, f"{key}.timeout_s", "must be in (0, 3600]")
-        _check(0 <= self.retries <= 10, f"{key}.retries", "must be in 0..10")
+        _check(self.mirrors, _join(key, "mirrors"), "must list at least one mirror")
         seen: dict[str, str] = {}
         for name, file in self.files.items():
             # casefold: on macOS and Windows file systems, names that differ in case are one file
             other = seen.setdefault(file.name.casefold(), name)
-            _check(other == name, f"{key}.{name}.name", f"must differ from {key}.{other}.name: "
+            _check(other == name, _join(key, f"{name}.name"), f"must differ from {_join(key, other)}.name: "
                    "each file is saved under its name", file.name)
+        shape = self.shape
+        _check(shape is None or shape.n_test >= 1, _join(key, "test_images"),
+               "holds no images; evaluation needs a test set")
 
     @property
     def shape(self) -> DataShape | None:
@@ -101,6 +106,19 @@ class DataConfig:
     def files(self) -> dict[str, DataFile]:
         return {"train_images": self.train_images, "train_labels": self.train_labels,
                 "test_images": self.test_images, "test_labels": self.test_labels}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """params.yaml's data section: the knobs of reading the dataset, not its identity."""
+    num_classes: int
+    timeout_s: float  # one file's whole download
+    retries: int  # extra attempts per mirror and file
+
+    def validate(self, key: str) -> None:
+        _check(2 <= self.num_classes <= 256, f"{key}.num_classes", "must be in 2..256")
+        _check(0 < self.timeout_s <= 3600, f"{key}.timeout_s", "must be in (0, 3600]")
+        _check(0 <= self.retries <= 10, f"{key}.retries", "must be in 0..10")
 
 
 @dataclass(frozen=True)
@@ -229,25 +247,31 @@ class Params:
 
     def validate(self, key: str) -> None:
         _check(0 <= self.seed < 2**63, "seed", "must be in 0..2**63-1")
-        shape = self.data.shape
+
+
+def check_fits(params: Params, dataset: Dataset) -> None:
+    """The rules that need both files: the network's size on this dataset's images and, for a
+    known dataset, a non-empty training split, a batch no larger than it and no more pooling
+    blocks than the images can halve. A UserError names the params.yaml key to change."""
+    shape = dataset.shape
+    try:
         if shape is not None:
-            check_fits_data(self, shape)
+            _check_fits_shape(params, shape)
         image_shape = shape.image_shape if shape else ASSUMED_IMAGE_SHAPE
-        count = parameter_count(self.model, image_shape, self.data.num_classes)
+        count = parameter_count(params.model, image_shape, params.data.num_classes)
         if count > MAX_PARAMETERS:
-            _fail(f"model.{'hidden' if self.model.arch == 'mlp' else 'cnn'}", f"makes a network of "
+            _fail(f"model.{'hidden' if params.model.arch == 'mlp' else 'cnn'}", f"makes a network of "
                   f"{count:,} parameters, more than {MAX_PARAMETERS:,}; use smaller widths")
+    except _ParamError as exc:
+        raise UserError(f"{paths.PARAMS}: {exc}") from None
 
 
-def check_fits_data(params: Params, shape: DataShape) -> None:
-    """The rules that need the dataset's sizes: a non-empty training split, a batch no larger
-    than it, a non-empty test set, and no more pooling blocks than the images can halve."""
+def _check_fits_shape(params: Params, shape: DataShape) -> None:
     n_fit = shape.n_train - params.prepare.val_size
     _check(n_fit >= 1, "prepare.val_size", f"must leave training images: the training set has "
            f"{shape.n_train}, so at most {shape.n_train - 1}", params.prepare.val_size)
     _check(params.train.batch_size <= n_fit, "train.batch_size", f"must be at most the training split "
            f"({shape.n_train} images less prepare.val_size leaves {n_fit})", params.train.batch_size)
-    _check(shape.n_test >= 1, "data.test_images", "holds no images; evaluation needs a test set")
     if params.model.arch == "cnn":
         blocks, most = len(params.model.cnn.channels), max_pool_blocks(shape.image_shape)
         h, w = shape.image_shape
@@ -273,9 +297,18 @@ def parameter_count(model: ModelConfig, image_shape: tuple[int, int], num_classe
     return total + (c_in * h * w + 1) * model.cnn.fc + (model.cnn.fc + 1) * num_classes
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = paths.PARAMS) -> Params:
     """Read and validate params.yaml; every problem is a UserError naming the key."""
-    path = Path(path)
+    return parse_params(_load_yaml(Path(path)), source=str(path))
+
+
+def load_dataset(path: str | Path = paths.DATASET) -> Dataset:
+    """Read and validate dataset.yaml; every problem is a UserError naming the key."""
+    return parse_dataset(_load_yaml(Path(path)), source=str(path))
+
+
+def _load_yaml(path: Path) -> Any:
+    """A small YAML file's content, read as untrusted (see _read_yaml); a UserError naming it."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)
@@ -284,9 +317,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as exc:
         raise UserError(f"{path} is unreadable ({exc.strerror})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"{path} is larger than {MAX_FILE_BYTES:,} bytes; params.yaml is a few KB")
+        raise UserError(f"{path} is larger than {MAX_FILE_BYTES:,} bytes; it should be a few KB")
     try:
-        raw = _read_yaml(data.decode("utf-8"))
+        return _read_yaml(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except _Refused as exc:
@@ -296,8 +329,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
         raise UserError(f"{path} holds a value YAML cannot read ({exc})") from None
     except RecursionError:
-        raise UserError(f"{path} nests too deeply to read; params.yaml needs 3 levels") from None
-    return parse_params(raw, source=str(path))
+        raise UserError(f"{path} nests too deeply to read; it needs 3 levels") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -310,7 +342,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 class _Refused(yaml.MarkedYAMLError):
-    """Valid YAML that params.yaml must not use."""
+    """Valid YAML that params.yaml and dataset.yaml must not use."""
 
 
 # libyaml where PyYAML has it: the pure-Python loader reads about 30 KB/s.
@@ -320,25 +352,32 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _read_yaml(text: str) -> Any:
     """yaml.safe_load, once the event stream shows no alias and no deep nesting: a few KB of
     aliases expand to gigabytes ("billion laughs"), and deep nesting exhausts the stack while
-    composing. params.yaml needs neither."""
+    composing. Neither file needs them."""
     depth = 0
     for event in yaml.parse(text, Loader=_YAML_LOADER):
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(problem="found an alias (*name); params.yaml takes no anchors or aliases: "
+            raise _Refused(problem="found an alias (*name); this file takes no anchors or aliases: "
                            "write each value out", problem_mark=event.start_mark)
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep; params.yaml needs 3",
+                raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep; it needs 3",
                                problem_mark=event.start_mark)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return yaml.load(text, Loader=_YAML_LOADER)
 
 
-def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+def parse_params(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     try:
         return _build(Params, raw, "")
+    except _ParamError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+def parse_dataset(raw: Any, source: str = str(paths.DATASET)) -> Dataset:
+    try:
+        return _build(Dataset, raw, "")
     except _ParamError as exc:
         raise UserError(f"{source}: {exc}") from None
 
@@ -415,7 +454,7 @@ def _build(cls: type, raw: Any, key: str) -> Any:
             plain = isinstance(name, str) and name.isprintable() and len(name) <= 60
             raise _ParamError(f"{_join(key, name if plain else _show(name))}: unknown key ({hint})")
     for name in names:
-        _check(name in raw, _join(key, name), "missing (every key must be set in params.yaml)")
+        _check(name in raw, _join(key, name), "missing (every key must be set)")
     obj = cls(**{name: _convert(hints[name], raw[name], _join(key, name)) for name in names})
     obj.validate(key)
     return obj

@@ -10,14 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
-PARAMS_VALID = Path("logs/params_valid.txt")  # validate's output: params.yaml checked
+DATASET = Path("dataset.yaml")  # the dataset's files, checksums and mirrors: git-tracked, not params
+PARAMS_VALID = Path("logs/params_valid.txt")  # validate's output: params.yaml and dataset.yaml checked
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.pt")
 SEED_MODELS = Path("models/seeds")  # one model per extra training seed
 SEED_LIST = SEED_MODELS / "seeds.json"  # the seeds, so that the folder is never empty
-TRAIN_METRICS = Path("metrics/train.json")
-EVAL_METRICS = Path("metrics/eval.json")
+TRAIN_METRICS = Path("metrics/train.json")  # in git, not a DVC metric: `dvc exp show` stays narrow
+EVAL_METRICS = Path("metrics/eval.json")  # the headline: the DVC metrics `dvc exp show` leads with
+EVAL_DETAIL = Path("metrics/eval_detail.json")  # the rest of evaluate's numbers: in git, not a DVC metric
 SEEDS_METRICS = Path("metrics/seeds.json")
 HISTORY = Path("plots/train.csv")  # per-epoch loss and accuracy
 PREDICTIONS = Path("plots/predictions.csv")

@@ -181,7 +181,7 @@ def wrong_figure(test: Split, wrong: list[dict[str, str]]) -> Figure:
 class PageFacts:
     """What the report page shows, gathered from the pipeline's files by the report stage."""
     spec: ModelSpec
-    evaluation: dict[str, Any]  # metrics/eval.json, as the evaluate stage wrote it
+    evaluation: dict[str, Any]  # metrics/eval.json and metrics/eval_detail.json, as the evaluate stage wrote them
     training: dict[str, Any]  # metrics/train.json
     seeds: SeedAccuracies  # metrics/seeds.json
     per_class: list[dict[str, str]]  # plots/per_class.csv's rows

@@ -1,8 +1,8 @@
 """`mnistpipe sweep-plot`: each param a sweep changed against the test accuracy, as a PNG and a page.
 
-The numbers come from `dvc exp show --json` (read by experiments.py), so the plot shows
-what DVC recorded. `panels` computes what is drawn (tested on canned documents and against
-a real sweep); `draw` only draws it. One panel per changed param: a line per combination of
+The numbers come from `dvc exp show --json` and each run's commit (read by experiments.py),
+so the plot shows what DVC recorded. `panels` computes what is drawn (tested on canned
+documents and against a real sweep); `draw` only draws it. One panel per changed param: a line per combination of
 the other changed params, error bars of ± one standard deviation over training seeds where
 multiseed ran (metrics/seeds.json), the baseline commit as a star and a dashed line. Learning
 rates and other positive params spanning 100x or more get a log axis; lists (model.hidden)
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .experiments import Baseline, Experiment, changed_params, exp_show_json, format_param, read_show
+from .experiments import Baseline, Experiment, changed_params, format_param, load_baselines
 
 METRIC = "accuracy"
 
@@ -93,9 +93,8 @@ def panels(base: Baseline) -> list[Panel]:
     return out
 
 
-def current_baseline(shown: list[dict[str, Any]]) -> Baseline:
-    """The current commit's entry of `dvc exp show --json` (run without -A)."""
-    baselines = read_show(shown)
+def current_baseline(baselines: list[Baseline]) -> Baseline:
+    """The current commit, as `dvc exp show` (without -A) lists it first."""
     if not baselines:
         raise UserError("dvc exp show lists no commit with results; commit the pipeline's results first")
     return baselines[0]
@@ -170,11 +169,11 @@ def page(base: Baseline, panel_list: list[Panel], png_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sweep(output: Path, dpi: int = 100, shown: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
+def write_sweep(output: Path, dpi: int = 100, baselines: list[Baseline] | None = None) -> tuple[Path, Path]:
     """Draw the current commit's sweep into OUTPUT/sweep.png and OUTPUT/sweep.md; their paths."""
     from .atomic import atomic_path, write_text
 
-    base = current_baseline(exp_show_json() if shown is None else shown)
+    base = current_baseline(load_baselines() if baselines is None else baselines)
     panel_list = panels(base)
     png, md = output / "sweep.png", output / "sweep.md"
     with atomic_path(png) as tmp:

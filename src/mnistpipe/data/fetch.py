@@ -2,7 +2,7 @@
 
 Content, not location, is the identity of data: a file is accepted from any mirror
 (HTTP(S), file:// or a plain directory) when the SHA-256 of its decompressed bytes
-matches the one pinned in params, and only then written (atomically) to disk.
+matches the one pinned in dataset.yaml, and only then written (atomically) to disk.
 
 A mirror is untrusted, so every download is bounded while it streams, never checked after:
 - time: data.timeout_s covers one file's whole transfer, connecting included. HTTP is read
@@ -39,7 +39,7 @@ from typing import BinaryIO
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..params import DataConfig, DataFile
+from ..params import DataConfig, DataFile, Dataset
 from .idx import data_length, read_header
 
 MIRROR_ENV = "MNISTPIPE_MIRROR"
@@ -76,10 +76,10 @@ class Deadline:
         return left
 
 
-def mirror_list(config: DataConfig) -> list[str]:
-    """The mirrors to try: MNISTPIPE_MIRROR if set, else data.mirrors. Unsupported schemes are a UserError."""
+def mirror_list(dataset: Dataset) -> list[str]:
+    """The mirrors to try: MNISTPIPE_MIRROR if set, else dataset.yaml's. Unsupported schemes are a UserError."""
     override = os.environ.get(MIRROR_ENV, "").strip()
-    mirrors, origin = ([override], MIRROR_ENV) if override else (list(config.mirrors), "data.mirrors in params.yaml")
+    mirrors, origin = ([override], MIRROR_ENV) if override else (list(dataset.mirrors), "mirrors in dataset.yaml")
     for mirror in mirrors:
         try:
             _scheme(mirror)
@@ -353,19 +353,20 @@ def fetch_file(spec: DataFile, mirrors: list[str], dest_dir: Path, timeout: floa
     raise UserError(
         f"could not fetch {spec.name} from any mirror:\n" + "\n".join(failures) +
         f"\nNothing unverified was written to {dest_dir}/. Check your connection, set "
-        f"{MIRROR_ENV} to a directory or URL holding the files, or fix data.mirrors in params.yaml.")
+        f"{MIRROR_ENV} to a directory or URL holding the files, or fix the mirrors in dataset.yaml.")
 
 
-def fetch_dataset(config: DataConfig, dest_dir: Path, progress: bool = True) -> None:
-    """Fetch every file of the dataset; files already present and verified are kept.
+def fetch_dataset(dataset: Dataset, config: DataConfig, dest_dir: Path, progress: bool = True) -> None:
+    """Fetch every file of `dataset`, with params' time limit and retries; files already present
+    and verified are kept.
 
     Every present file is checked before anything is downloaded, so a failed download of
     one file never leaves another, unverified one behind.
     """
-    mirrors = mirror_list(config)
+    mirrors = mirror_list(dataset)
     dest_dir.mkdir(parents=True, exist_ok=True)
     missing = []
-    for spec in config.files.values():
+    for spec in dataset.files.values():
         dest = dest_dir / spec.name
         if dest.exists() and _verifies(dest, spec):
             print(f"{spec.name}: present and verified", file=sys.stderr)

@@ -15,7 +15,7 @@ import torch
 
 from ..atomic import save_torch, write_json
 from ..errors import UserError
-from ..params import Params
+from ..params import Dataset
 from . import idx
 
 SPLITS = ("train", "val", "test")
@@ -39,17 +39,16 @@ class Meta:
     sizes: dict[str, int]
 
 
-def read_raw(raw_dir: Path, params: Params) -> tuple[Split, Split]:
-    """The training and test sets from the raw IDX files, validated."""
-    files = {key: raw_dir / spec.name for key, spec in params.data.files.items()}
+def read_raw(raw_dir: Path, dataset: Dataset, num_classes: int) -> tuple[Split, Split]:
+    """The training and test sets from the raw IDX files `dataset` names, validated."""
+    files = {key: raw_dir / spec.name for key, spec in dataset.files.items()}
     for path in files.values():
         if not path.exists():
             raise UserError(f"{path} is missing: run the fetch stage first (dvc repro fetch)")
-    n = params.data.num_classes
     sets = []
     for part in ("train", "test"):
         images = idx.load_images(files[f"{part}_images"])
-        labels = idx.load_labels(files[f"{part}_labels"], n)
+        labels = idx.load_labels(files[f"{part}_labels"], num_classes)
         if len(images) != len(labels):
             raise UserError(f"{part}: {len(images)} images but {len(labels)} labels "
                             f"({files[f'{part}_images'].name}, {files[f'{part}_labels'].name})")
@@ -57,7 +56,7 @@ def read_raw(raw_dir: Path, params: Params) -> tuple[Split, Split]:
     train, test = sets
     if len(test) == 0:  # params can't say how many images a file holds: known only now
         raise UserError(f"{files['test_images']} holds no images: evaluation needs a test set; "
-                        "point data.test_images and data.test_labels at a non-empty one")
+                        "point test_images and test_labels in dataset.yaml at a non-empty one")
     if train.images.shape[1:] != test.images.shape[1:]:
         raise UserError(f"train images are {tuple(train.images.shape[1:])} but test images "
                         f"are {tuple(test.images.shape[1:])}")

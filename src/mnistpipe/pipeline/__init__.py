@@ -2,7 +2,7 @@
 
 `stages/<name>.py` reads the params (train and evaluate with `load_and_pin()`, before torch
 loads) and calls it; tests call the same functions in-process. fetch and validate are one
-call each (`data.fetch.fetch_dataset`, `params.load_params`) and have no module here.
+call each (`data.fetch.fetch_dataset`, `params.check_fits`) and have no module here.
 """
 
 from __future__ import annotations

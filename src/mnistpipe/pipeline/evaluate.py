@@ -16,7 +16,7 @@ from ..calibration import expected_calibration_error, probabilities, reliability
 from ..checkpoint import load_model
 from ..data.prepared import load_split
 from ..device import choose_device, device_name, synchronize
-from ..evaluate import SeedAccuracies, classification_metrics, loss_and_accuracy, split_logits
+from ..evaluate import HEADLINE, SeedAccuracies, classification_metrics, loss_and_accuracy, split_logits
 from ..machine import machine_facts
 from ..params import Params
 
@@ -56,7 +56,8 @@ def run(params: Params) -> None:
     # One set: a failure anywhere (a full disk) leaves every file of the last run as it was,
     # so metrics/ and plots/ never mix two runs.
     with output_set() as out:
-        out.write_json(paths.EVAL_METRICS, metrics)
+        out.write_json(paths.EVAL_METRICS, {key: metrics[key] for key in HEADLINE})
+        out.write_json(paths.EVAL_DETAIL, {key: value for key, value in metrics.items() if key not in HEADLINE})
         out.write_csv(paths.PER_CLASS, per_class)
         out.write_csv(paths.RELIABILITY, reliability_table({"raw": raw, "calibrated": calibrated}, test.labels))
         out.write_json(paths.SEEDS_METRICS, seeds.to_json())

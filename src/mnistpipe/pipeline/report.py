@@ -73,7 +73,7 @@ def run(params: Params) -> None:
     model, info = load_model(paths.MODEL)
     predictions, actual, predicted = read_predictions()
     cm = confusion_matrix(actual, predicted, meta.num_classes).numpy()
-    evaluation = read_json(paths.EVAL_METRICS)
+    evaluation = read_json(paths.EVAL_METRICS) | read_json(paths.EVAL_DETAIL)  # the stage's numbers, both files
     counts = report.class_counts({name: s.labels for name, s in splits.items()}, meta.num_classes)
     wrong = report.confidently_wrong(predictions, params.report.n_wrong)
     figures = draw(params, splits, counts, cm, evaluation, wrong)
