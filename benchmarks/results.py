@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,13 @@ ROOT = RESULTS.parents[1]
 
 
 def machine() -> str:
-    """How rows name the machine: the CPU's model name and its core count."""
-    return f"{cpu_model()[0] or platform.machine()}, {os.cpu_count()} cores"
+    """How rows name the machine: the CPU's model name, its widest vector unit and its core count."""
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)[1].split())
+    except (OSError, TypeError):
+        flags = set()
+    vectors = " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+    return f"{cpu_model()[0] or platform.machine()}{vectors}, {os.cpu_count()} cores"
 
 
 def run_worker(script: str, numerics: str, show_stderr: bool = False, **job) -> dict:

@@ -68,4 +68,4 @@ def test_run_script_pushes_a_sweep_that_a_teammate_pulls(tmp_path):
     table = exp_table(teammate, tenv)
     assert sorted(table) == ["cloud-1", "cloud-2"]
     assert (table["cloud-1"]["lr"], table["cloud-2"]["lr"]) == (0.003, 0.0003)
-    assert (table["cloud-2"]["accuracy"], table["cloud-2"]["loss"]) == (metrics["accuracy"], metrics["loss"])
+    assert (table["cloud-2"]["accuracy"], table["cloud-2"]["macro_f1"]) == (metrics["accuracy"], metrics["macro_f1"])

@@ -93,7 +93,7 @@ def test_two_machines_push_experiments_and_a_third_clone_sees_both(tmp_path):
     assert sorted(table) == sorted(MACHINES)
     for name, row in table.items():
         assert row["lr"] == results[name]["lr"]
-        assert (row["accuracy"], row["loss"]) == (results[name]["accuracy"], results[name]["loss"])
+        assert (row["accuracy"], row["macro_f1"]) == (results[name]["accuracy"], results[name]["macro_f1"])
 
     # Applying machine A's experiment gives machine A's params and model.
     dvc(third, tenv, "exp", "apply", "machine-a")
@@ -120,4 +120,4 @@ def test_with_auto_push_a_finished_experiment_reaches_origin_without_exp_push(tm
     dvc(other, oenv, "exp", "pull", "origin", "auto-a")
     row = exp_table(other, oenv)["auto-a"]
     assert row["lr"] == 0.003
-    assert (row["accuracy"], row["loss"]) == (metrics["accuracy"], metrics["loss"])
+    assert (row["accuracy"], row["macro_f1"]) == (metrics["accuracy"], metrics["macro_f1"])

@@ -187,8 +187,12 @@ x, w = torch.randn(50, 16, 14, 14), torch.randn(32, 16, 3, 3)
 whole = torch.nn.functional.conv2d(x, w, padding=1)
 numerics.WINDOW_FLOATS = 7 * 16 * 9 * 14 * 14  # 7 images at a time
 chunked = torch.equal(torch.nn.functional.conv2d(x, w, padding=1), whole)
+none = torch.zeros(0, 16, 14, 14, requires_grad=True)  # a rank's empty share of a last batch
+w.requires_grad_()
+torch.nn.functional.conv2d(none, w, padding=1).sum().backward()
+empty = [list(none.grad.shape), w.grad.abs().sum().item()]
 print(json.dumps({"convolutions": out, "max_pool_as_atens": torch.equal(pool, own[0]) and torch.equal(at, own[1]),
-                  "chunked_as_whole": chunked}))
+                  "chunked_as_whole": chunked, "empty_batch": empty}))
 """
 
 
@@ -242,3 +246,7 @@ def test_portable_max_pooling_gives_atens_maxima_and_indices(convolutions):
 
 def test_a_large_batch_convolves_in_chunks_with_the_same_bits(convolutions):
     assert convolutions["chunked_as_whole"] is True
+
+
+def test_an_empty_batch_has_empty_and_zero_gradients(convolutions):
+    assert convolutions["empty_batch"] == [[0, 16, 14, 14], 0.0]

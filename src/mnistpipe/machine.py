@@ -22,9 +22,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse rather than give them back
     to the system. A CNN's training step frees and allocates activations of several MiB; getting
-    them back from the system, page fault by page fault, cost more than its arithmetic (a quick-CNN
-    step on this project's 2-core machine: 73 ms with the defaults, 55 ms so). No result changes.
-    Elsewhere than glibc (macOS, musl) the allocator's defaults stay."""
+    them back from the system, page fault by page fault, cost a quarter of a CNN epoch in either
+    numerics mode (docs/cnn.md). No result changes. Elsewhere than glibc (macOS, musl) the
+    allocator's defaults stay."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

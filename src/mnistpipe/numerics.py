@@ -229,7 +229,8 @@ def _windows(x, kernel, stride, padding):
 
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # n c oh ow kh kw
-    return windows.permute(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1), windows.shape[2:4]
+    n, c, oh, ow = windows.shape[:4]
+    return windows.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow), (oh, ow)
 
 
 # Images per product in a forward pass: at most 4 Mi floats (16 MiB) of windows at a time. Each
@@ -237,7 +238,7 @@ def _windows(x, kernel, stride, padding):
 # 10,000 images at once would otherwise build gigabytes of windows.
 WINDOW_FLOATS = 1 << 22
 # A training batch's windows, kept from the forward pass for the backward pass's weight gradient
-# (building them again cost a tenth of a step), by the identity of the input, which each entry
+# rather than built twice, by the identity of the input, which each entry
 # holds so that no other tensor can take its address meanwhile. A few entries at most: a forward
 # pass without a backward one leaves its entries to be pushed out.
 _kept_windows: dict[tuple, tuple] = {}
@@ -262,7 +263,7 @@ def _column_convolution(x, weight, bias, stride, padding):
         if bias is not None:
             part += bias[:, None]
         out[start:start + step] = part.view(out_channels, -1, oh, ow).permute(1, 0, 2, 3)
-    if step >= x.shape[0] and weight.requires_grad and torch.is_grad_enabled():
+    if 0 < x.shape[0] <= step and weight.requires_grad and torch.is_grad_enabled():  # one product
         while len(_kept_windows) >= KEPT_WINDOWS:
             del _kept_windows[next(iter(_kept_windows))]
         _kept_windows[_identity(x, (kh, kw), stride, padding)] = (x, columns)
