@@ -11,13 +11,12 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from mnistpipe.atomic import write_text
-from mnistpipe.machine import cpu_model
+from mnistpipe.machine import cpu_model, vector_unit
 from mnistpipe.numerics import pin
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -26,11 +25,7 @@ ROOT = RESULTS.parents[1]
 
 def machine() -> str:
     """How rows name the machine: the CPU's model name, its widest vector unit and its core count."""
-    try:
-        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)[1].split())
-    except (OSError, TypeError):
-        flags = set()
-    vectors = " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+    vectors = f" ({vector_unit()})" if vector_unit() else ""
     return f"{cpu_model()[0] or platform.machine()}{vectors}, {os.cpu_count()} cores"
 
 

@@ -75,13 +75,19 @@ def blocked_fma_chain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return total
 
 
+def run_portable(program: str, cases: list) -> dict:
+    """The JSON a program prints, run in a subprocess (portable pins numerics before torch loads)
+    on `cases`, without the user's library settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDDEN_PREFIXES)}
+    result = subprocess.run([sys.executable, "-c", program, json.dumps(cases)], env=env,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
 def portable() -> dict:
     """PROGRAM's output: one subprocess for the module."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDDEN_PREFIXES)}
-    result = subprocess.run([sys.executable, "-c", PROGRAM, json.dumps(SHAPES)], env=env,
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    return run_portable(PROGRAM, SHAPES)
 
 
 def test_portable_products_are_the_index_order_fma_chain(portable):
@@ -218,10 +224,7 @@ def add_back(shares: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def convolutions() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDDEN_PREFIXES)}
-    result = subprocess.run([sys.executable, "-c", CONVOLUTION_PROGRAM, json.dumps(CONVOLUTIONS)], env=env,
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    return run_portable(CONVOLUTION_PROGRAM, CONVOLUTIONS)
 
 
 @pytest.mark.parametrize("index", range(len(CONVOLUTIONS)), ids=[f"{c}->{o} on {s}x{s}" for c, o, s in CONVOLUTIONS])

@@ -38,13 +38,25 @@ def _search(pattern: str, text: str) -> str | None:
     return found[1] if found else None
 
 
+def _cpuinfo() -> str | None:
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+
+
 def cpu_model() -> tuple[str, str]:
     """The CPU's model name and vendor ("" where unknown)."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
+    info = _cpuinfo()
+    if info is None:
         return platform.processor() or platform.machine(), ""
     return _search(r"^model name\s*:\s*(.+)$", info) or "", _search(r"^vendor_id\s*:\s*(.+)$", info) or ""
+
+
+def vector_unit() -> str:
+    """The CPU's widest vector unit: "AVX-512", "AVX2" or "" (older, other or unknown)."""
+    flags = set((_search(r"^flags\s*:(.*)$", _cpuinfo() or "") or "").split())
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
 
 
 def machine_facts(mode: str) -> dict[str, Any]:

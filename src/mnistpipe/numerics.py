@@ -223,14 +223,13 @@ def _channels_last_max_pool(x, kernel_size, stride=(), padding=0, dilation=1, ce
 
 def _windows(x, kernel, stride, padding):
     """x's sliding windows as a matrix, row (channel, ky, kx) by column (image, y, x), so that a
-    convolution is one product with the weights as a (out channels x row) matrix; and the
-    output's height and width."""
+    convolution is one product with the weights as a (out channels x row) matrix."""
     import torch.nn.functional as F
 
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # n c oh ow kh kw
     n, c, oh, ow = windows.shape[:4]
-    return windows.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow), (oh, ow)
+    return windows.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
 
 
 # Images per product in a forward pass: at most 4 Mi floats (16 MiB) of windows at a time. Each
@@ -258,7 +257,7 @@ def _column_convolution(x, weight, bias, stride, padding):
     out = x.new_empty(x.shape[0], out_channels, oh, ow)
     step = max(1, WINDOW_FLOATS // (weight[0].numel() * oh * ow))
     for start in range(0, x.shape[0], step):
-        columns = _windows(x[start:start + step], (kh, kw), stride, padding)[0]
+        columns = _windows(x[start:start + step], (kh, kw), stride, padding)
         part = weight.reshape(out_channels, -1).mm(columns)
         if bias is not None:
             part += bias[:, None]
@@ -288,7 +287,7 @@ def _column_convolution_backward(grad, x, weight, stride, padding, mask):
         grad_x = padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]].permute(1, 0, 2, 3).contiguous()
     if mask[1]:  # as (windows @ grad.T).T: the same chains, and oneDNN splits this shape over threads
         kept = _kept_windows.pop(_identity(x, (kh, kw), stride, padding), None)
-        columns = kept[1] if kept else _windows(x, (kh, kw), stride, padding)[0]
+        columns = kept[1] if kept else _windows(x, (kh, kw), stride, padding)
         grad_weight = columns.mm(grad_rows.t()).t().reshape(weight.shape)
     if mask[2]:
         grad_bias = grad_rows.mm(grad_rows.new_ones(grad_rows.shape[1], 1)).view(out_channels)
