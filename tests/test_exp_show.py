@@ -1,6 +1,6 @@
 """`dvc exp show` as typed: the headline metrics, then the params sweeps change, come first,
 so they are what a 120-column terminal shows. Checked on DVC's own output for a tiny project
-with two experiments.
+with three experiments.
 
 DVC prints one column per metric, param and file dep, in that order, and fits the table to the
 terminal by collapsing columns from the right into `…`. Without a pager (`--no-pager`) it
@@ -20,8 +20,9 @@ from dvc_helpers import commit_all, dvc, make_repo, run
 
 WIDTH = 120
 HEADLINE = ("accuracy", "macro_f1", "ece")
-# Two experiments, each changing one knob from the committed baseline; names as long as DVC's own.
-EXPERIMENTS = {"lr-faster": ("train.lr", "0.003"), "wider-net": ("model.hidden", "[16]")}
+# Three experiments, each changing one knob from the committed baseline; names as long as DVC's own.
+EXPERIMENTS = {"lr-faster": ("train.lr", "0.003"), "wider-net": ("model.hidden", "[16]"),
+               "two-epochs": ("train.epochs", "2")}
 
 
 def test_only_the_headline_and_the_seed_spread_are_dvc_metrics():
@@ -34,7 +35,7 @@ def test_only_the_headline_and_the_seed_spread_are_dvc_metrics():
 
 @pytest.fixture(scope="module")
 def shown(tmp_path_factory):
-    """A committed tiny project and its two experiments: (repo, env). The baseline learns little
+    """A committed tiny project and its three experiments: (repo, env). The baseline learns little
     (lr 1e-5, one epoch), so that every run's metrics differ and --only-changed keeps them."""
     repo, env = make_repo(tmp_path_factory.mktemp("exp-show"), train={"epochs": 1, "lr": 1e-5})
     dvc(repo, env, "repro")
