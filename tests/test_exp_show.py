@@ -4,7 +4,7 @@ with three experiments.
 
 DVC prints one column per metric, param and file dep, in that order, and fits the table to the
 terminal by collapsing columns from the right into `…`. Without a pager (`--no-pager`) it
-squeezes all of them, about 90 here, into the terminal's width and cuts every one; with its
+squeezes all of them, about 80 here, into the terminal's width and cuts every one; with its
 pager (the default, `less -S`) it draws the table whole and the terminal shows its left part.
 """
 
