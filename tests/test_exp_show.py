@@ -98,10 +98,17 @@ def test_only_changed_fits_120_columns_with_headline_and_changed_params(shown):
 
 @pytest.mark.slow
 def test_plain_exp_show_opens_on_names_and_headline(shown):
-    """What the pager's first screen shows: each line's first 120 columns. (DVC_PAGER=cat: DVC
-    draws the table for its pager as for `less -S`, and cat shows what it drew.)"""
+    """What the pager's first screen shows: each line's first 120 columns; the arrow keys scroll
+    to the rest of the table, drawn whole. (DVC_PAGER=cat: DVC draws the table for its pager as
+    for `less -S`, and cat shows what it drew.)"""
     repo, env = shown
     drawn = dvc(repo, {**env, "DVC_PAGER": "cat"}, "exp", "show").stdout.splitlines()
+    whole = next(line for line in drawn if "Experiment" in line)
+    changed = [name for name, _ in EXPERIMENTS.values()]
+    assert all(has(whole, name) for name in changed), whole
+    expected = changed_values(repo)
+    for name, row in rows(drawn).items():
+        assert {knob: param(row, whole, knob) for knob in changed} == expected[name], f"{whole}\n{row}"
     screen = [line[:WIDTH] for line in drawn]
     header = next(line for line in screen if "Experiment" in line)
     first = (*HEADLINE, "model.arch", "model.hidden")
