@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mnistpipe import predict
 from mnistpipe.predict import ImageError, load_image, preprocess
@@ -68,6 +70,29 @@ def test_dark_on_light_matches_light_on_dark():
 def test_large_off_centre_digit_matches_centred_one():
     big = drawing(canvas=(2000, 1500), box=(1300, 100, 1860, 900), dark_on_light=True)
     assert difference(preprocess(big), preprocess(REFERENCE)) < 8  # of 255: anti-aliasing differs
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False], ids=["dark-on-light", "light-on-dark"])
+@pytest.mark.parametrize("margin", [0, 1])
+def test_digit_cropped_tight_is_read_as_with_paper_around(dark_on_light, margin):
+    """A digit cropped to its ink (a trimmed scan, a drawing that fills its canvas): its strokes
+    touch every edge, and it is read as the same digit with paper around it."""
+    image = drawing(canvas=(140, 140), box=(30, 20, 100, 120), dark_on_light=dark_on_light)
+    left, top, right, bottom = (ImageOps.invert(image) if dark_on_light else image).getbbox()
+    tight = image.crop((left - margin, top - margin, right + margin, bottom + margin))
+    assert difference(preprocess(tight), preprocess(image)) < 1
+
+
+@pytest.mark.parametrize("digit", "0123456789")
+def test_bold_printed_digit_cropped_tight_is_read_as_with_paper_around(digit):
+    """A bold printed digit cropped to its ink covers half of its picture or more: the paper is
+    still the paper, not the ink."""
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans-Bold.ttf")), 120)
+    image = Image.new("L", (220, 220), 255)
+    ImageDraw.Draw(image).text((50, 30), digit, font=font, fill=0)
+    tight = image.crop(ImageOps.invert(image).getbbox())
+    assert np.mean(np.asarray(tight) < 128) > 0.45  # as much ink as paper, or more
+    assert difference(preprocess(tight), preprocess(image)) < 1
 
 
 def test_grey_paper_noise_and_specks_are_ignored():

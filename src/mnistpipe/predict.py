@@ -47,6 +47,9 @@ SHEET = 0.85         # of the paper's light: what is this light is the sheet (th
 EVEN = 24            # levels (of 255): a ground this even is a screen's or a scan's, not a photo's
 UNSURE_BELOW = 0.6   # a calibrated probability below this marks the reading as unsure
 FRAME, BOX = 28, 20  # MNIST: a 28x28 frame, the digit scaled to fit 20x20
+MARGIN = 0.3         # of the longer side: paper added around a clean picture, so that a digit
+                     # cropped tight (a drawing that fills its canvas, a trimmed render) lies on paper
+FLAT = 0.2           # of the pixels at one exact level: a clean picture (a drawing, a render; noise spreads a photo's)
 STROKE = 2.6         # MNIST's median stroke width in pixels (test set, 2 * area / outline)
 
 
@@ -195,19 +198,55 @@ def _even(light: np.ndarray) -> bool:
     return high - low < EVEN
 
 
-def _dark_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image with dark ink on light paper, the paper's light, the sheet). Paper is light in
-    a photo, whatever lies around the sheet or falls on it. Light ink is taken only where
-    the ink strays further from the median pixel (the ground: ink covers far less than half
-    of a digit picture) on the light side, and the inverted image is evenly lit paper (a
-    drawing on a dark screen, an MNIST image): not a light sheet on a dark table."""
+def _framed(x: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The picture in a frame of its rim's colour (mostly paper), MARGIN of its longer side
+    wide; and where the picture lies in it."""
+    m = round(MARGIN * max(x.shape))
+    return np.pad(x, m, constant_values=np.median(_rim(x))), (slice(m, m + x.shape[0]), slice(m, m + x.shape[1]))
+
+
+def _even_framed(x: np.ndarray) -> bool:
+    """Evenly lit paper once framed: a drawing or a rendered digit, also one cropped tight,
+    whose strokes touch the edges and may be wider than the closing."""
+    framed, inside = _framed(x)
+    return _even(_paper_light(framed)[0][inside])
+
+
+def _dark_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """(image with dark ink on light paper, the paper's light, the sheet, where the picture
+    lies in the image). Paper is light in a photo, whatever lies around the sheet or falls
+    on it. Light ink is taken only where the ink strays further from the median pixel (the
+    ground: ink covers less than half of most digit pictures) on the light side, and the
+    inverted image is evenly lit paper (a drawing on a dark screen, an MNIST image): not a
+    light sheet on a dark table. A clean picture (a drawing, a rendered digit, a sheet
+    overexposed to white: much of it at one exact level) on evenly lit paper is framed in
+    its rim's colour, so that a digit cropped tight lies on paper, as in a photo, and a
+    bold dark one (more ink than paper, but not on the rim) stays dark."""
     smooth = ndimage.gaussian_filter(x, 1.5)  # specks and noise are not ink
     ground = np.median(smooth)
-    if smooth.max() - ground > ground - smooth.min():
-        light, sheet = _paper_light(255 - x)
-        if _even(light):
-            return 255 - x, light, sheet
-    return (x, *_paper_light(x))
+    clean = np.bincount(x.astype(np.uint8).ravel()).max() >= FLAT * x.size
+    if (smooth.max() - ground > ground - smooth.min() and _even(_paper_light(255 - x)[0])
+            and not (clean and _even_framed(x))):
+        x = 255 - x
+    if clean:
+        framed, inside = _framed(x)
+        light, sheet = _paper_light(framed)
+        if _even(light[inside]):
+            return framed, light, sheet, inside
+    return x, *_paper_light(x), (slice(None), slice(None))  # a photo or a scan: its border is its own
+
+
+def _paper_lift(darkness: np.ndarray, sheet: np.ndarray) -> float:
+    """The bare paper's darkness (noise lifts the closing a little): the sheet's median, or where
+    ink covers most of the sheet (a bold digit cropped tight), the median of what is not ink."""
+    lift = np.median(darkness[sheet]) if sheet.any() else 0.0
+    paper = sheet & (darkness < INK_HIGH)
+    return (np.median(darkness[paper]) if paper.any() else 0.0) if lift >= INK_HIGH else lift
+
+
+def _rim(a: np.ndarray) -> np.ndarray:
+    """The pixels along the picture's four edges."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
 
 
 def _noise(a: np.ndarray) -> float:
@@ -215,23 +254,23 @@ def _noise(a: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(a - ndimage.uniform_filter(a, 5))))
 
 
-def _ink_labels(darkness: np.ndarray, even: bool) -> np.ndarray:
+def _ink_labels(darkness: np.ndarray, even: bool, noise: float) -> np.ndarray:
     """Connected ink marks, labelled: strong ink, and the weaker ink connected to it
     (hysteresis), both above the picture's own noise."""
-    noise = _noise(darkness)
     low, high = (INK_LOW / 2, INK_HIGH / 2) if even else (INK_LOW, INK_HIGH)  # no shadows to take for ink
     low, high = min(max(low, 4 * noise), 0.5), min(max(high, 8 * noise), 0.6)
     return measure.label(filters.apply_hysteresis_threshold(darkness, low, high), connectivity=2)
 
 
-def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np.ndarray:
+def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool,
+                      picture: tuple[slice, slice]) -> np.ndarray:
     """The pixels of the digit's strokes: the main ink mark on the sheet and the marks near
     it. In a photo, what touches the border is table or the sheet's edge; on evenly lit
-    paper (a scan, a drawing), it may be the digit, cut by the frame."""
-    labels = _ink_labels(darkness, even)
+    paper (a scan, a drawing), it may be the digit, cut by the frame. Sizes and noise are
+    the picture's, not those of a frame around it."""
+    labels = _ink_labels(darkness, even, _noise(darkness[picture]))
     regions = measure.regionprops(labels, intensity_image=darkness)
-    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    contact = np.bincount(border, minlength=labels.max() + 1)
+    contact = np.bincount(_rim(labels), minlength=labels.max() + 1)
     contact[0] = 0
     on_sheet = np.bincount(labels.ravel(), sheet.ravel(), labels.max() + 1) > 0.5 * np.bincount(labels.ravel())
 
@@ -241,7 +280,7 @@ def _digit_components(darkness: np.ndarray, sheet: np.ndarray, even: bool) -> np
     def width(r) -> float:  # typical stroke width: 2 * area / outline, exact for long strokes
         return 2 * r.area / max(r.perimeter, 1)
 
-    big = MIN_DIGIT * max(darkness.shape)
+    big = MIN_DIGIT * max(darkness[picture].shape)
     strokes = [r for r in regions if even or width(r) < BLOB * size(r)]  # a filled corner is a blob
     inside = [r for r in strokes if on_sheet[r.label] and not contact[r.label]]
     if any(size(r) >= big for r in inside):
@@ -274,16 +313,16 @@ def _ink(image: Image.Image) -> np.ndarray:
     gray = _grayscale(image)
     if max(gray.size) > WORK_SIZE:
         gray.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
-    x, light, sheet = _dark_ink(np.asarray(gray, dtype=np.float32))
+    x, light, sheet, picture = _dark_ink(np.asarray(gray, dtype=np.float32))  # a frame has no noise
     darkness = (light - x) / np.maximum(light, 1)  # 0: bare paper, 1: black ink
-    darkness -= np.median(darkness[sheet]) if sheet.any() else 0  # noise lifts the closing a little
+    darkness -= _paper_lift(darkness[picture], sheet[picture])
     smooth = ndimage.gaussian_filter(darkness, 0.7)  # noise is not ink
     edge = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]])
-    even = _even(light) and np.mean(edge < INK_LOW) > 0.9  # no table in the corners either
-    strokes = _digit_components(smooth, sheet, even)
+    even = _even(light[picture]) and np.mean(edge < INK_LOW) > 0.9  # no table in the corners either
+    strokes = _digit_components(smooth, sheet, even, picture)
     # Contrast: paper (within 3 noise std) -> 0, the strokes' typical darkness -> 1; nothing else kept.
     high = np.percentile(darkness[strokes], 90)
-    low = min(3 * _noise(darkness), high / 2)
+    low = min(3 * _noise(darkness[picture]), high / 2)
     ink = np.clip((darkness - low) / (high - low), 0, 1) * ndimage.binary_dilation(strokes, iterations=2)
     rows, cols = np.flatnonzero((ink > 0.05).any(1)), np.flatnonzero((ink > 0.05).any(0))
     return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
