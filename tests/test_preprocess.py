@@ -75,7 +75,7 @@ def test_large_off_centre_digit_matches_centred_one():
 @pytest.mark.parametrize("dark_on_light", [True, False], ids=["dark-on-light", "light-on-dark"])
 @pytest.mark.parametrize("margin", [0, 1])
 def test_digit_cropped_tight_is_read_as_with_paper_around(dark_on_light, margin):
-    """A digit cropped to its ink (a trimmed scan, a drawing that fills its canvas): its strokes
+    """A digit cropped to its ink (a trimmed render, a drawing that fills its canvas): its strokes
     touch every edge, and it is read as the same digit with paper around it."""
     image = drawing(canvas=(140, 140), box=(30, 20, 100, 120), dark_on_light=dark_on_light)
     left, top, right, bottom = (ImageOps.invert(image) if dark_on_light else image).getbbox()
