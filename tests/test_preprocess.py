@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from mnistpipe import predict
 from mnistpipe.predict import ImageError, load_image, preprocess
 
+from conftest import load_benchmark
 from digit_pictures import (
     REFERENCE,
     THREE,
@@ -85,12 +84,10 @@ def test_digit_cropped_tight_is_read_as_with_paper_around(dark_on_light, margin)
 
 @pytest.mark.parametrize("digit", "0123456789")
 def test_bold_printed_digit_cropped_tight_is_read_as_with_paper_around(digit):
-    """A bold printed digit cropped to its ink covers half of its picture or more: the paper is
-    still the paper, not the ink."""
-    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans-Bold.ttf")), 120)
-    image = Image.new("L", (220, 220), 255)
-    ImageDraw.Draw(image).text((50, 30), digit, font=font, fill=0)
-    tight = image.crop(ImageOps.invert(image).getbbox())
+    """A bold printed digit cropped to its ink (as benchmarks/tight_crops.py renders it) covers
+    half of its picture or more: the paper is still the paper, not the ink."""
+    crop = load_benchmark("tight_crops").crop
+    tight, image = (crop("DejaVuSans-Bold.ttf", digit, stroke=0, margin=m, dark_on_light=True) for m in (0, 50))
     assert np.mean(np.asarray(tight) < 128) > 0.45  # as much ink as paper, or more
     assert difference(preprocess(tight), preprocess(image)) < 1
 

@@ -198,50 +198,50 @@ def _even(light: np.ndarray) -> bool:
     return high - low < EVEN
 
 
-def _framed(x: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """The picture in a frame of its rim's colour (mostly paper), MARGIN of its longer side
-    wide; and where the picture lies in it."""
+WHOLE = (slice(None), slice(None))  # where the picture lies in an image with no frame around it
+
+
+def _framed_paper(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, slice]] | None:
+    """A clean picture in a frame of its rim's colour (mostly paper), MARGIN of its longer side
+    wide: (the framed image, the paper's light, the sheet, where the picture lies in it); None
+    where its paper is not evenly lit even so (a photo's shading and table stay uneven)."""
     m = round(MARGIN * max(x.shape))
-    return np.pad(x, m, constant_values=np.median(_rim(x))), (slice(m, m + x.shape[0]), slice(m, m + x.shape[1]))
-
-
-def _even_framed(x: np.ndarray) -> bool:
-    """Evenly lit paper once framed: a drawing or a rendered digit, also one cropped tight,
-    whose strokes touch the edges and may be wider than the closing."""
-    framed, inside = _framed(x)
-    return _even(_paper_light(framed)[0][inside])
+    framed = np.pad(x, m, constant_values=np.median(_rim(x)))
+    inside = (slice(m, m + x.shape[0]), slice(m, m + x.shape[1]))
+    light, sheet = _paper_light(framed)
+    return (framed, light, sheet, inside) if _even(light[inside]) else None
 
 
 def _dark_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, slice]]:
     """(image with dark ink on light paper, the paper's light, the sheet, where the picture
     lies in the image). Paper is light in a photo, whatever lies around the sheet or falls
-    on it. Light ink is taken only where the ink strays further from the median pixel (the
-    ground: ink covers less than half of most digit pictures) on the light side, and the
-    inverted image is evenly lit paper (a drawing on a dark screen, an MNIST image): not a
-    light sheet on a dark table. A clean picture (a drawing, a rendered digit, a sheet
-    overexposed to white: much of it at one exact level) on evenly lit paper is framed in
-    its rim's colour, so that a digit cropped tight lies on paper, as in a photo, and a
-    bold dark one (more ink than paper, but not on the rim) stays dark."""
+    on it. A clean picture (a drawing, a rendered digit, a sheet overexposed to white: much
+    of it at one exact level) whose paper is evenly lit once framed is read in that frame:
+    a digit cropped tight then lies on paper, as in a photo, and a bold dark one (more ink
+    than paper, but not on the rim) stays dark. Otherwise light ink is taken only where the
+    ink strays further from the median pixel (the ground: ink covers less than half of most
+    digit pictures) on the light side, and the inverted image is evenly lit paper (a drawing
+    on a dark screen, an MNIST image): not a light sheet on a dark table."""
+    clean = np.bincount(x.astype(np.uint8).ravel()).max() >= FLAT * x.size
+    if clean and (framed := _framed_paper(x)):
+        return framed
     smooth = ndimage.gaussian_filter(x, 1.5)  # specks and noise are not ink
     ground = np.median(smooth)
-    clean = np.bincount(x.astype(np.uint8).ravel()).max() >= FLAT * x.size
-    if (smooth.max() - ground > ground - smooth.min() and _even(_paper_light(255 - x)[0])
-            and not (clean and _even_framed(x))):
-        x = 255 - x
-    if clean:
-        framed, inside = _framed(x)
-        light, sheet = _paper_light(framed)
-        if _even(light[inside]):
-            return framed, light, sheet, inside
-    return x, *_paper_light(x), (slice(None), slice(None))  # a photo or a scan: its border is its own
+    if smooth.max() - ground > ground - smooth.min():
+        light, sheet = _paper_light(255 - x)
+        if _even(light):
+            return (clean and _framed_paper(255 - x)) or (255 - x, light, sheet, WHOLE)
+    return x, *_paper_light(x), WHOLE  # a photo or a scan: its border is its own
 
 
 def _paper_lift(darkness: np.ndarray, sheet: np.ndarray) -> float:
     """The bare paper's darkness (noise lifts the closing a little): the sheet's median, or where
     ink covers most of the sheet (a bold digit cropped tight), the median of what is not ink."""
     lift = np.median(darkness[sheet]) if sheet.any() else 0.0
+    if lift < INK_HIGH:
+        return lift
     paper = sheet & (darkness < INK_HIGH)
-    return (np.median(darkness[paper]) if paper.any() else 0.0) if lift >= INK_HIGH else lift
+    return np.median(darkness[paper]) if paper.any() else 0.0
 
 
 def _rim(a: np.ndarray) -> np.ndarray:
@@ -313,9 +313,9 @@ def _ink(image: Image.Image) -> np.ndarray:
     gray = _grayscale(image)
     if max(gray.size) > WORK_SIZE:
         gray.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
-    x, light, sheet, picture = _dark_ink(np.asarray(gray, dtype=np.float32))  # a frame has no noise
+    x, light, sheet, picture = _dark_ink(np.asarray(gray, dtype=np.float32))
     darkness = (light - x) / np.maximum(light, 1)  # 0: bare paper, 1: black ink
-    darkness -= _paper_lift(darkness[picture], sheet[picture])
+    darkness -= _paper_lift(darkness[picture], sheet[picture])  # the picture's paper: a frame has no noise
     smooth = ndimage.gaussian_filter(darkness, 0.7)  # noise is not ink
     edge = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]])
     even = _even(light[picture]) and np.mean(edge < INK_LOW) > 0.9  # no table in the corners either
