@@ -43,7 +43,7 @@ import results  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {  # docs/cnn.md's quick recipe: dvc exp run -S ... with these
-    "model.arch": "cnn", "model.cnn.channels": [8, 48], "model.cnn.fc": 128, "model.cnn.dropout": 0.0,
+    "model.arch": "cnn", "model.cnn.channels": [10, 48], "model.cnn.fc": 128, "model.cnn.dropout": 0.0,
     "train.epochs": 6, "train.batch_size": 128, "train.lr": 0.01, "train.schedule": "onecycle",
     "train.label_smoothing": 0.1, "train.augment.enabled": True,
 }

@@ -168,7 +168,7 @@ def test_portable_refuses_to_run_without_its_matmul_kernel(broken):
 # The quick and accurate CNN recipes' convolutions (3x3, padding 1, no bias) on two images:
 # (channels in, channels out, image side). The weight gradient sums over 2 x 28 x 28 = 1,568
 # terms, more than one block.
-CONVOLUTIONS = [(1, 8, 28), (8, 48, 14), (1, 32, 28), (32, 64, 14)]
+CONVOLUTIONS = [(1, 10, 28), (10, 48, 14), (1, 32, 28), (32, 64, 14)]
 
 CONVOLUTION_PROGRAM = """
 import json, sys

@@ -88,7 +88,7 @@ def test_cnn_same_bytes_for_any_thread_count_and_environment(prepared, tmp_path)
     """The quick CNN recipe (docs/cnn.md) for two epochs: its convolutions, BatchNorm,
     max-pooling and augmentation give the same weights and metrics everywhere."""
     raw = yaml.safe_load((prepared[0] / "params.yaml").read_text())
-    quick = {"model__arch": "cnn", "model__cnn": {**raw["model"]["cnn"], "channels": [8, 48], "dropout": 0.0},
+    quick = {"model__arch": "cnn", "model__cnn": {**raw["model"]["cnn"], "channels": [10, 48], "dropout": 0.0},
              "train__epochs": 2, "train__batch_size": 128, "train__lr": 0.01, "train__schedule": "onecycle",
              "train__label_smoothing": 0.1, "train__augment": {**raw["train"]["augment"], "enabled": True}}
     runs = {name: train_and_evaluate(prepared, tmp_path / name.replace(" ", "_"), extra, **quick)
