@@ -317,8 +317,7 @@ def _ink(image: Image.Image) -> np.ndarray:
     darkness = (light - x) / np.maximum(light, 1)  # 0: bare paper, 1: black ink
     darkness -= _paper_lift(darkness[picture], sheet[picture])  # the picture's paper: a frame has no noise
     smooth = ndimage.gaussian_filter(darkness, 0.7)  # noise is not ink
-    edge = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]])
-    even = _even(light[picture]) and np.mean(edge < INK_LOW) > 0.9  # no table in the corners either
+    even = _even(light[picture]) and np.mean(_rim(smooth) < INK_LOW) > 0.9  # no table in the corners either
     strokes = _digit_components(smooth, sheet, even, picture)
     # Contrast: paper (within 3 noise std) -> 0, the strokes' typical darkness -> 1; nothing else kept.
     high = np.percentile(darkness[strokes], 90)
