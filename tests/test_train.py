@@ -269,8 +269,7 @@ def test_cnn_pools_before_relu_with_the_same_bits_as_relu_before_pooling():
     from mnistpipe.models import CNN
 
     torch.manual_seed(0)
-    pooled_first = CNN((12, 10), [4, 6], 16, 0.0, 10)
-    layers = list(pooled_first)
+    layers = list(CNN((12, 10), [4, 6], 16, 0.0, 10))
     pools = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]
     assert len(pools) == 2
     for i in pools:
