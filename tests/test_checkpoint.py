@@ -278,6 +278,23 @@ def test_cli_refuses_a_huge_claimed_model(tmp_path, command, nothing_big_is_allo
                    f"[8, 784], the spec needs [3000000, 784]); expected {checkpoint.MODEL_HINT}\n")
 
 
+def test_a_cnn_with_batchnorm_before_pooling_is_refused_with_its_reason(tmp_path):
+    """The same layer sizes in the other block order are another function: its weights load
+    into nothing, and the message says why rather than listing keys."""
+    nn = torch.nn
+    batchnorm_first = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                    nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.0), nn.Linear(4 * 14 * 14, 8),
+                                    nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 10))
+    cnn = {"arch": "cnn", "image_shape": [28, 28], "num_classes": 10, "channels": [4], "fc": 8, "dropout": 0.0}
+    message = load_error(crafted(tmp_path, cnn, batchnorm_first))
+    assert "BatchNorm before max-pooling" in message and "retrain it" in message
+    pooling_first = build_model(ModelSpec.from_dict(cnn))
+    pooling_first.load_state_dict({k.replace("1.", "2.", 1) if k.startswith("1.") else k: v
+                                   for k, v in batchnorm_first.state_dict().items()})
+    loaded, _ = load_model(crafted(tmp_path, cnn, pooling_first))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pooling_first.state_dict().values()))
+
+
 def test_loaded_model_holds_the_file_tensors_as_float32(tmp_path):
     """Weights saved in another dtype are converted, as copying into a fresh model did."""
     model = make_model([8])

@@ -263,45 +263,6 @@ def test_cnn_parameter_count_and_shapes():
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_cnn_pools_before_relu_with_the_same_bits_as_relu_before_pooling():
-    """models.CNN applies ReLU after max-pooling, where it costs a quarter: the textbook order
-    (ReLU, then pooling) gives the same outputs and, over training steps, the same weights."""
-    from mnistpipe.models import CNN
-
-    torch.manual_seed(0)
-    layers = list(CNN((12, 10), [4, 6], 16, 0.0, 10))
-    pools = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]
-    assert len(pools) == 2
-    for i in pools:
-        assert isinstance(layers[i + 1], torch.nn.ReLU)
-        layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    textbook = torch.nn.Sequential(*layers)
-    pooled_first = CNN((12, 10), [4, 6], 16, 0.0, 10)
-    pooled_first.load_state_dict(textbook.state_dict())
-    start = {k: v.clone() for k, v in textbook.state_dict().items()}
-    runs = []
-    for model in (pooled_first, textbook):
-        data = torch.Generator().manual_seed(1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-        outputs = []
-        for _ in range(5):
-            x = torch.randn(8, 1, 12, 10, generator=data)
-            x[:, :, :4] = 0.0  # flat patches: windows of tied values
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (8,), generator=data))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            outputs.append(logits.detach())
-        model.eval()
-        outputs.append(model(x).detach())
-        runs.append((torch.stack(outputs), model.state_dict()))
-    (outputs, weights), (textbook_outputs, textbook_weights) = runs
-    assert torch.equal(outputs, textbook_outputs), "the same logits, in training and in eval mode"
-    assert same_weights(weights, textbook_weights)
-    assert not same_weights(weights, start), "it trained"
-
-
 def test_the_stage_tidies_seed_models_and_checkpoints_once_its_outputs_are_written(tmp_path, monkeypatch):
     """models/seeds survives runs (persist: true in dvc.yaml), so the stage must remove what is
     not this run's: evaluate takes every models/seeds/seed*.pt for a seed of this run."""

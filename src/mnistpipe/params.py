@@ -136,7 +136,7 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class CNNConfig:
-    channels: list[int]  # one conv3x3-BN-maxpool-ReLU block per entry
+    channels: list[int]  # one conv3x3-maxpool-BN-ReLU block per entry
     fc: int  # width of the dense layer before the classifier
     dropout: float
 
