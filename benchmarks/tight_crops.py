@@ -18,18 +18,19 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mnistpipe import paths
 from mnistpipe.predict import predict_files
+
+from non_mnist import BUNDLED_FONTS  # benchmarks/non_mnist.py: matplotlib's own fonts
 
 FACES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf")
 STROKES, MARGINS = (0, 4, 8), (0, 2, 10)
 
 
 def crop(face: str, digit: str, stroke: int, margin: int, dark_on_light: bool) -> Image.Image:
-    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf", face)), 120)
+    font = ImageFont.truetype(str(BUNDLED_FONTS / face), 120)
     image = Image.new("L", (220, 220), 255)
     ImageDraw.Draw(image).text((50, 30), digit, font=font, fill=0, stroke_width=stroke, stroke_fill=0)
     left, top, right, bottom = ImageOps.invert(image).getbbox()

@@ -172,7 +172,9 @@ def _rebuild(path: Path, spec: Any, state: Any) -> tuple[nn.Module, ModelSpec]:
                                   assign=True)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         why = (str(exc).splitlines() or [type(exc).__name__])[0]
-    if why is not None and isinstance(state, dict) and "1.running_mean" in state:  # layer 1 is a pooling
+    batchnorm_first = (isinstance(spec, ModelSpec) and spec.arch == "cnn" and isinstance(state, dict)
+                       and "1.running_mean" in state)
+    if why is not None and batchnorm_first:  # the CNN's layer 1 is a pooling, without weights
         raise UserError(f"{path}: a CNN whose blocks apply BatchNorm before max-pooling; mnistpipe's CNN "
                         "pools first, so these weights mean another function: retrain it (dvc repro)")
     if why is not None:
